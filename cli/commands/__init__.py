@@ -1,0 +1,1 @@
+"""One module per ``piti`` sub-command; each exposes a click object named ``command``."""

@@ -1,0 +1,54 @@
+"""Options shared by commands that take a config: --preset, --config, --set, --print-config."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from piti_core.config import PRESETS, config_to_json, resolve_config
+
+
+def config_options(func):
+    """Add the config options; the command receives ``config`` (a resolved PitiConfig).
+
+    With ``--print-config`` the resolved config is printed as JSON on stdout and the command stops.
+    Task sections (``[sketch]``, ``--set fewshot.shots=5``) come from the registered task plugins.
+    """
+
+    @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
+                  help="Named base config (default: glide, or the preset of --config).")
+    @click.option("--config", "config_files", multiple=True, type=click.Path(dir_okay=False),
+                  help="TOML config file(s); later ones win.")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                  help="Override one value, e.g. --set train.lr=1e-4 (repeatable).")
+    @click.option("--print-config", is_flag=True, help="Print the resolved config as JSON and exit.")
+    @functools.wraps(func)
+    def wrapper(*args, preset, config_files, overrides, print_config, **kwargs):
+        from piti_core.plugins import get_plugin_manager
+
+        sections = get_plugin_manager().task_sections()
+        cfg = resolve_config(preset=preset, files=config_files, overrides=overrides, extra_sections=sections)
+        task = kwargs.get("task")
+        if task:
+            get_plugin_manager().task(task)  # validate the name early, listing the valid ones
+        if print_config:
+            click.echo(config_to_json(cfg))
+            return None
+        return func(*args, config=cfg, **kwargs)
+
+    return wrapper
+
+
+def task_option(required: bool = True):
+    """``--task NAME``, validated against the task registry (a wrong name lists the valid ones)."""
+
+    def callback(ctx, param, value):
+        if value is None:
+            return value
+        from piti_core.plugins import get_plugin_manager
+
+        get_plugin_manager().task(value)
+        return value
+
+    return click.option("--task", required=required, callback=callback, help="Task name (see `piti tasks`).")

@@ -1,0 +1,396 @@
+"""Configuration: attrs frozen sections, named presets, TOML files and dotted overrides.
+
+A config is resolved in three layers, later ones winning::
+
+    preset ("tiny" | "glide")  <-  TOML file (--config)  <-  overrides (--set a.b=value)
+
+Every section is a frozen attrs class with validators. An unknown key anywhere is a
+:class:`~piti_core.errors.ConfigError` that lists the valid keys. Task plugins may declare their own
+section (``[sketch]``, ``[fewshot]`` ...) through ``Task.config_class``; those sections are passed to
+:func:`resolve_config` as ``extra_sections`` and validated the same way.
+
+Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+import attrs
+from attrs import field, frozen
+
+from piti_core.errors import ConfigError
+
+_pos = attrs.validators.gt(0)
+_nonneg = attrs.validators.ge(0)
+
+
+def _in(*choices: str):
+    return attrs.validators.in_(choices)
+
+
+def _prob(inst, attribute, value):
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must be in [0, 1], got {value}")
+
+
+def _tuple_of_ints(value) -> tuple[int, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+    return tuple(int(v) for v in value)
+
+
+# ----------------------------------------------------------------------------------------- sections
+
+
+@frozen
+class UNetConfig:
+    """A GLIDE/ADM UNet. The condition width comes from ``EncoderConfig.width``."""
+
+    image_size: int = field(default=64, validator=_pos)
+    in_channels: int = field(default=3, validator=_pos)
+    out_channels: int = field(default=6, validator=_pos)
+    model_channels: int = field(default=192, validator=_pos)
+    num_res_blocks: int = field(default=3, validator=_pos)
+    channel_mult: tuple[int, ...] = field(default=(1, 2, 3, 4), converter=_tuple_of_ints)
+    attention_resolutions: tuple[int, ...] = field(default=(32, 16, 8), converter=_tuple_of_ints)
+    num_head_channels: int = field(default=64, validator=_pos)
+    dropout: float = field(default=0.1, validator=_prob)
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = True
+    super_res: int = field(default=0, validator=_nonneg)  # low-res input size; 0 = base model
+    checkpointing: bool = False
+    channels_last: bool = False
+
+
+@frozen
+class EncoderConfig:
+    """The PITI task encoder: stride-16 CNN, then a pre-LN transformer, CLS token last."""
+
+    width: int = field(default=512, validator=_pos)
+    layers: int = field(default=8, validator=_pos)
+    heads: int = field(default=8, validator=_pos)
+    cond_size: int = field(default=256, validator=_pos)
+    cnn_channels: tuple[int, ...] = field(default=(32, 64, 128, 256), converter=_tuple_of_ints)
+
+    def __attrs_post_init__(self):
+        if self.cond_size % 16:
+            raise ValueError(f"cond_size must be a multiple of 16 (stride-16 CNN), got {self.cond_size}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
+        if len(self.cnn_channels) != 4:
+            raise ValueError("cnn_channels must list the 4 widths before the final width")
+
+
+@frozen
+class TextConfig:
+    """The caption encoder used to pretrain the prior (width = ``EncoderConfig.width``)."""
+
+    layers: int = field(default=16, validator=_pos)
+    heads: int = field(default=8, validator=_pos)
+    context_length: int = field(default=128, validator=_pos)
+    causal: bool = False  # GLIDE's text transformer is bidirectional and pools the last position
+
+
+@frozen
+class DiffusionConfig:
+    steps: int = field(default=1000, validator=_pos)
+    schedule: str = field(default="cosine", validator=_in("cosine", "linear"))
+    upsampler_schedule: str = field(default="linear", validator=_in("cosine", "linear"))
+    learn_sigma: bool = True
+
+
+@frozen
+class SampleConfig:
+    sampler: str = "ddpm"
+    steps: str = "250"
+    upsampler_sampler: str = "ddpm"
+    upsampler_steps: str = "fast27"
+    guidance: str = "plain"
+    guidance_scale: float = field(default=1.3, validator=_nonneg)
+    upsampler_temperature: float = field(default=0.997, validator=_pos)
+    batch_size: int = field(default=4, validator=_pos)
+    seed: int = 0
+
+
+@frozen
+class DataConfig:
+    root: str = ""  # empty: the built-in toy world
+    format: str = field(default="auto", validator=_in("auto", "folder", "ade20k", "coco-stuff", "toyworld"))
+    resize: str = field(default="keep-aspect", validator=_in("keep-aspect", "squash"))
+    flip: bool = True
+    limit: int = field(default=0, validator=_nonneg)  # 0: all
+    subset_seed: int = 0
+    val_fraction: float = field(default=0.05, validator=_prob)
+    toyworld_samples: int = field(default=2000, validator=_pos)
+    num_workers: int = field(default=0, validator=_nonneg)
+    skip_bad: bool = False
+
+
+@frozen
+class TrainConfig:
+    batch_size: int = field(default=4, validator=_pos)
+    grad_accum: int = field(default=1, validator=_pos)
+    lr: float = field(default=3.5e-5, validator=_pos)
+    decoder_lr: float = field(default=3.5e-5, validator=_pos)
+    weight_decay: float = field(default=0.0, validator=_nonneg)
+    ema_rate: float = field(default=0.9999, validator=_prob)
+    grad_clip: float = field(default=1.0, validator=_nonneg)  # 0: off
+    uncond_p: float = field(default=0.2, validator=_prob)
+    stage1_steps: int = field(default=200_000, validator=_nonneg)
+    stage1_cont_steps: int = field(default=60_000, validator=_nonneg)
+    stage2_steps: int = field(default=100_000, validator=_nonneg)
+    upsampler_steps: int = field(default=100_000, validator=_nonneg)
+    pretrain_steps: int = field(default=0, validator=_nonneg)
+    log_every: int = field(default=50, validator=_pos)
+    sample_every: int = field(default=1000, validator=_pos)
+    save_every: int = field(default=1000, validator=_pos)
+    dtype: str = field(default="auto", validator=_in("auto", "fp32", "bf16", "fp16"))
+    seed: int = 0
+
+
+@frozen
+class PitiConfig:
+    preset: str = "glide"
+    task: str = ""
+    model: UNetConfig = UNetConfig()
+    upsampler: UNetConfig = UNetConfig(
+        image_size=256, in_channels=6, num_res_blocks=2, channel_mult=(1, 1, 2, 2, 4, 4), super_res=64
+    )
+    encoder: EncoderConfig = EncoderConfig()
+    text: TextConfig = TextConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+    sample: SampleConfig = SampleConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    tasks: Mapping[str, Any] = field(factory=dict)  # task-plugin sections, validated objects
+
+    def task_options(self, name: str):
+        """The validated config object of task ``name`` (None if the task declares none)."""
+        return self.tasks.get(name)
+
+
+SECTIONS: dict[str, type] = {
+    "model": UNetConfig,
+    "upsampler": UNetConfig,
+    "encoder": EncoderConfig,
+    "text": TextConfig,
+    "diffusion": DiffusionConfig,
+    "sample": SampleConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
+SCALARS = ("preset", "task")
+
+# ------------------------------------------------------------------------------------------ presets
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The official PITI / GLIDE sizes (spec §1.2-1.3): 338M base, 351M upsampler.
+    "glide": {},
+    # Same structure, CPU-sized: a few million parameters, 32x32 base, 32->64 upsampler.
+    "tiny": {
+        "model": dict(image_size=32, model_channels=32, num_res_blocks=1, channel_mult=(1, 2, 2),
+                      attention_resolutions=(16, 8), num_head_channels=32, dropout=0.0),
+        "upsampler": dict(image_size=64, in_channels=6, model_channels=32, num_res_blocks=1,
+                          channel_mult=(1, 1, 2), attention_resolutions=(16,), num_head_channels=32,
+                          dropout=0.0, super_res=32),
+        "encoder": dict(width=128, layers=2, heads=4, cond_size=64, cnn_channels=(16, 32, 64, 128)),
+        "text": dict(layers=2, heads=4, context_length=32),
+        "sample": dict(steps="50", upsampler_steps="fast27"),
+        "train": dict(batch_size=8, lr=2e-4, decoder_lr=1e-4, ema_rate=0.999, stage1_steps=300,
+                      stage1_cont_steps=100, stage2_steps=300, upsampler_steps=300, pretrain_steps=2000,
+                      log_every=10, sample_every=200, save_every=200),
+    },
+}
+
+
+# -------------------------------------------------------------------------------------- resolution
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {a.name: hints.get(a.name, Any) for a in attrs.fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert a TOML or command-line value to the field's type, or raise ConfigError."""
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+                return value.lower() in ("true", "1", "yes", "on")
+            raise ValueError(f"expected true/false, got {value!r}")
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"expected an integer, got {value!r}")
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError(f"expected a number, got {value!r}")
+            return float(value)
+        if typ is str:
+            return str(value)
+        if typing.get_origin(typ) is tuple:
+            return _tuple_of_ints(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value for '{key}': {exc}") from None
+    return value
+
+
+def _unknown(key: str, valid) -> ConfigError:
+    return ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(sorted(valid))}")
+
+
+def _build_section(cls: type, base: Any, values: Mapping[str, Any], prefix: str) -> Any:
+    types = _field_types(cls)
+    changes = {}
+    for key, value in values.items():
+        if key not in types:
+            raise _unknown(f"{prefix}.{key}", [f"{prefix}.{k}" for k in types])
+        changes[key] = _coerce(value, types[key], f"{prefix}.{key}")
+    try:
+        return attrs.evolve(base, **changes) if base is not None else cls(**changes)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value in [{prefix}]: {exc}") from None
+
+
+def _merge(dst: dict, src: Mapping, where: str) -> None:
+    for key, value in src.items():
+        if isinstance(value, Mapping):
+            node = dst.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"'{key}' in {where} is a section, not a value")
+            _merge(node, value, where)
+        else:
+            dst[key] = value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b=value``; the value is read as TOML when it parses, else as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def load_toml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def resolve_config(
+    preset: str | None = None,
+    files: list[str | Path] | tuple = (),
+    overrides: list[str] | tuple = (),
+    extra_sections: Mapping[str, type] | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> PitiConfig:
+    """Build a :class:`PitiConfig` from a preset, TOML files, a mapping and ``a.b=v`` overrides.
+
+    ``extra_sections`` maps task names to their config classes (``Task.config_class``).
+    """
+    extra_sections = dict(extra_sections or {})
+    tree: dict[str, Any] = {}
+    for path in files:
+        _merge(tree, load_toml(path), str(path))
+    if data:
+        _merge(tree, data, "config")
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is a value, not a section")
+        node[parts[-1]] = value
+    name = str(tree.pop("preset", None) or preset or "glide")
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
+
+    valid = set(SCALARS) | set(SECTIONS) | set(extra_sections)
+    for key in tree:
+        if key not in valid:
+            raise _unknown(key, valid)
+    task = tree.pop("task", "")
+    if not isinstance(task, str):
+        raise ConfigError(f"bad value for 'task': expected a task name, got {task!r}")
+
+    defaults = PitiConfig()
+    built: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        obj = _build_section(cls, getattr(defaults, section), PRESETS[name].get(section, {}), section)
+        given = tree.get(section, {})
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"'{section}' must be a section ([{section}]), not a value")
+        built[section] = _build_section(cls, obj, given, section)
+    tasks = {}
+    for tname, cls in extra_sections.items():
+        if cls is None:
+            if tree.get(tname):
+                raise ConfigError(f"task '{tname}' takes no options, but [{tname}] was given")
+            continue
+        tasks[tname] = _build_section(cls, None, tree.get(tname, {}), tname)
+    return PitiConfig(preset=name, task=task, tasks=tasks, **built)
+
+
+# ------------------------------------------------------------------------------------ serialisation
+
+
+def config_to_dict(cfg: PitiConfig) -> dict[str, Any]:
+    """A JSON-ready dict; task sections are flattened to the top level, as in TOML files."""
+    out: dict[str, Any] = {"preset": cfg.preset, "task": cfg.task}
+    for section in SECTIONS:
+        out[section] = attrs.asdict(getattr(cfg, section))
+    for tname, obj in cfg.tasks.items():
+        out[tname] = attrs.asdict(obj)
+    return out
+
+
+def config_to_json(cfg: PitiConfig) -> str:
+    return json.dumps(config_to_dict(cfg), indent=2, sort_keys=False)
+
+
+def config_from_json(text: str, extra_sections: Mapping[str, type] | None = None) -> PitiConfig:
+    """Inverse of :func:`config_to_json`. The preset only sets defaults; the JSON holds every value."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config JSON is invalid: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config JSON must be an object")
+    extra = dict(extra_sections or {})
+    for key in data:  # a run may hold sections of tasks whose plugin is not installed here
+        if key not in SECTIONS and key not in SCALARS and key not in extra:
+            raise ConfigError(f"config has section '{key}' but no installed task declares it")
+    return resolve_config(data=data, extra_sections=extra)
+
+
+def save_config(cfg: PitiConfig, path: str | Path) -> None:
+    """Write the config as JSON atomically."""
+    from piti_core.io import atomic_write_text
+
+    atomic_write_text(Path(path), config_to_json(cfg) + "\n")
+
+
+def load_config(path: str | Path, extra_sections: Mapping[str, type] | None = None) -> PitiConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; a run directory holds config.json")
+    return config_from_json(path.read_text(encoding="utf-8"), extra_sections)

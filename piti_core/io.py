@@ -1,0 +1,44 @@
+"""Small file helpers: atomic writes and overwrite protection.
+
+Files are written to a temporary sibling and moved into place with :func:`os.replace`, so a crash
+never leaves a half-written checkpoint or config behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from piti_core.errors import UsageError
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` then atomically move the temporary file to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing file or non-empty directory unless ``overwrite``."""
+    path = Path(path)
+    exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
+    if exists and not overwrite:
+        raise UsageError(f"{path} already exists; pass --overwrite to replace it or choose another path")

@@ -1,0 +1,166 @@
+"""The contract a task plugin implements.
+
+A *task* turns one kind of condition (a label map, a sketch, a depth map ...) into the tensor that
+the PITI task encoder reads. Everything else — the encoder architecture, the diffusion model, the
+trainer, the samplers — is shared. A task subclasses :class:`Task` and is registered from a plugin::
+
+    from piti_core.hookspecs import hookimpl
+
+    @hookimpl
+    def register_tasks(register):
+        register(MyTask())
+
+What a task defines:
+
+* ``name``, ``description``, ``sources`` (the data-set fields it reads: ``labels``, ``edges``,
+  ``depth``, ``normals``, ``image``) and optionally ``config_class`` (an attrs class: its own
+  ``[name]`` config section, e.g. ``--set sketch.source=canny``);
+* :meth:`condition_spec` — channels, dtype, value range, classes/palette;
+* :meth:`encode` — data-set fields of one sample -> condition tensor ``(C, S, S)``;
+* :meth:`preprocess` — a user's condition file -> condition batch ``(1, C, S, S)``;
+* optionally :meth:`alignment` (how well samples follow the condition), :meth:`visualize`,
+  :meth:`null_condition`, :meth:`build_encoder`, :meth:`synthetic_sample`.
+
+The data loaders, the encoder and the null condition come with working defaults, so a new task
+usually writes ``condition_spec``, ``encode`` and ``preprocess`` only. See docs/plugins.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+
+import attrs
+from attrs import field, frozen
+
+if TYPE_CHECKING:  # keep `import piti_core.tasks` free of torch
+    import torch
+    from torch import nn
+
+    from piti_core.config import PitiConfig
+
+SOURCES = ("image", "labels", "edges", "depth", "normals", "caption")
+
+
+@frozen
+class ConditionSpec:
+    """What the encoder's input tensor looks like."""
+
+    channels: int = field(validator=attrs.validators.gt(0))
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    dtype: str = "float32"
+    num_classes: int | None = None
+    class_names: tuple[str, ...] | None = None
+    palette: tuple[tuple[int, int, int], ...] | None = None
+    ignore_index: int | None = None
+
+    def __attrs_post_init__(self):
+        lo, hi = self.value_range
+        if not lo < hi:
+            raise ValueError(f"value_range must be (low, high) with low < high, got {self.value_range}")
+
+
+class Task:
+    """Base class of every task plugin. Subclasses set the class attributes and two or three methods."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    sources: ClassVar[tuple[str, ...]] = ()
+    config_class: ClassVar[type | None] = None
+
+    # ------------------------------------------------------------------ required
+    def condition_spec(self, cfg: "PitiConfig") -> ConditionSpec:
+        raise NotImplementedError(f"task '{self.name}' must define condition_spec()")
+
+    def encode(self, sample: Mapping[str, Any], cfg: "PitiConfig") -> "torch.Tensor":
+        """Data-set fields of ONE sample (at ``cfg.encoder.cond_size``) -> condition ``(C, S, S)``."""
+        raise NotImplementedError(f"task '{self.name}' must define encode()")
+
+    def preprocess(self, source: "str | Path | Any", cfg: "PitiConfig") -> "torch.Tensor":
+        """A user's condition file (path or PIL image) -> condition batch ``(1, C, S, S)``.
+
+        Raise :class:`piti_core.errors.DataError` naming the file when it cannot be used.
+        """
+        raise NotImplementedError(f"task '{self.name}' must define preprocess()")
+
+    # ------------------------------------------------------------------ defaults
+    def options(self, cfg: "PitiConfig"):
+        """This task's validated config section (an instance of ``config_class``) or None."""
+        opts = cfg.task_options(self.name)
+        if opts is None and self.config_class is not None:
+            opts = self.config_class()
+        return opts
+
+    def null_condition(self, cond: "torch.Tensor") -> "torch.Tensor":
+        """The "no condition" input for classifier-free guidance: all ones, as the official code."""
+        import torch
+
+        return torch.ones_like(cond)
+
+    def build_encoder(self, cfg: "PitiConfig") -> "nn.Module":
+        """The PITI task encoder sized by ``cfg.encoder`` for this task's channels."""
+        from piti_core.models.encoder import TaskEncoder
+
+        return TaskEncoder.from_config(cfg.encoder, self.condition_spec(cfg).channels)
+
+    def build_dataset(self, cfg: "PitiConfig", split: str, *, image_sizes=None, train: bool = True):
+        """The data set of ``split`` with the encoded condition under ``"cond"``."""
+        from piti_core.data.dataset import build_dataset
+
+        sizes = image_sizes or (cfg.model.image_size,)
+        fields = tuple(s for s in self.sources if s != "image")
+
+        def add_condition(sample):
+            sample["cond"] = self.encode(sample, cfg)
+            return sample
+
+        return build_dataset(
+            cfg.data, split, fields=fields, image_sizes=sizes, cond_size=cfg.encoder.cond_size,
+            train=train, transform=add_condition,
+        )
+
+    def synthetic_sample(self, cfg: "PitiConfig", generator: "torch.Generator") -> dict[str, Any]:
+        """Random but valid data-set fields at the condition size (contract tests, benchmarks)."""
+        import torch
+
+        s = cfg.encoder.cond_size
+        spec = self.condition_spec(cfg)
+        out: dict[str, Any] = {}
+        if "labels" in self.sources:
+            n = spec.num_classes or 2
+            out["labels"] = torch.randint(0, n, (s, s), generator=generator)
+        if "edges" in self.sources:
+            out["edges"] = (torch.rand(1, s, s, generator=generator) > 0.9).float()
+        if "depth" in self.sources:
+            out["depth"] = 0.5 + 20 * torch.rand(1, s, s, generator=generator)
+            out["depth_valid"] = torch.ones(1, s, s, dtype=torch.bool)
+        if "normals" in self.sources:
+            n = torch.randn(3, s, s, generator=generator)
+            n[2] = n[2].abs()
+            out["normals"] = n / n.norm(dim=0, keepdim=True).clamp_min(1e-6)
+        if "image" in self.sources:
+            out["image"] = torch.rand(3, s, s, generator=generator) * 2 - 1
+        return out
+
+    def example_condition(self, cfg: "PitiConfig", batch_size: int = 2, generator=None) -> "torch.Tensor":
+        """A batch of valid conditions ``(B, C, S, S)`` built from :meth:`synthetic_sample`."""
+        import torch
+
+        generator = generator or torch.Generator().manual_seed(0)
+        return torch.stack([self.encode(self.synthetic_sample(cfg, generator), cfg) for _ in range(batch_size)])
+
+    def visualize(self, cond: "torch.Tensor", cfg: "PitiConfig") -> "torch.Tensor":
+        """Condition ``(C, S, S)`` -> RGB picture ``(3, S, S)`` in [0, 1] for grids and reports."""
+        lo, hi = self.condition_spec(cfg).value_range
+        x = ((cond - lo) / (hi - lo)).clamp(0, 1)
+        return x[:3] if x.shape[0] >= 3 else x[:1].expand(3, -1, -1)
+
+    def alignment(self, samples: "torch.Tensor", batch: Mapping[str, Any], cfg: "PitiConfig") -> dict[str, float]:
+        """How well generated ``samples`` (B, 3, H, W in [-1, 1]) follow the batch's conditions.
+
+        Returns metric name -> value. The default measures nothing; tasks override it.
+        """
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} '{self.name}'>"

@@ -1,0 +1,165 @@
+"""A pytest plugin for plugin authors (and piti's own tests).
+
+Use it from a plugin's test suite::
+
+    pytest_plugins = ["piti_core.testing"]
+
+    def test_my_task(piti_config):
+        assert_task_contract(MyTask(), piti_config)
+
+    def test_loading(fake_entry_points, plugin_host_factory):
+        fake_entry_points.add("foo", "piti_task_foo")
+        host = plugin_host_factory()
+        assert "foo" in host.tasks
+
+Fixtures:
+    piti_host            a fresh, empty :class:`~piti_core.plugins.PluginHost` (no entry points loaded)
+    plugin_host_factory  builds a fresh host that loads (possibly faked) entry points
+    fake_entry_points    replace the installed ``piti`` entry points with fake ones
+    piti_config          the ``tiny`` preset config
+    clean_plugin_env     clears PITI_* plugin environment variables and the cached host
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+import pytest
+
+from piti_core import plugins as _plugins
+
+
+class _FakeDist:
+    def __init__(self, name: str, version: str):
+        self.name, self.version = name, version
+
+
+class FakeEntryPoint:
+    """Duck-types :class:`importlib.metadata.EntryPoint` (name, value, dist, load())."""
+
+    def __init__(self, name: str, target: Any, dist: str | None, version: str):
+        self.name = name
+        self.target = target
+        self.value = target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+        self.dist = _FakeDist(dist, version) if dist else None
+
+    def load(self):
+        if not isinstance(self.target, str):
+            return self.target
+        import importlib
+
+        module, _, attr = self.target.partition(":")
+        obj = importlib.import_module(module)
+        for part in filter(None, attr.split(".")):
+            obj = getattr(obj, part)
+        return obj
+
+
+class FakeEntryPoints:
+    """Controls what :func:`piti_core.plugins.entry_points_for_group` returns."""
+
+    def __init__(self, keep_installed: bool):
+        self.keep_installed = keep_installed
+        self.added: list[FakeEntryPoint] = []
+
+    def add(self, name: str, target: Any, dist: str | None = "piti-test-plugin", version: str = "0.0.1"):
+        """Add an entry point; ``target`` is ``"module[:attr]"`` or the plugin object itself."""
+        self.added.append(FakeEntryPoint(name, target, dist, version))
+        return self
+
+    def __call__(self, group: str = _plugins.GROUP) -> list:
+        base = _ORIGINAL_ENTRY_POINTS(group) if self.keep_installed else []
+        return list(base) + list(self.added)
+
+
+_ORIGINAL_ENTRY_POINTS = _plugins.entry_points_for_group
+
+
+def make_plugin_module(name: str, source: str) -> types.ModuleType:
+    """Create an importable in-memory module from source (for fake plugins in tests)."""
+    module = types.ModuleType(name)
+    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+    sys.modules[name] = module
+    return module
+
+
+@pytest.fixture
+def clean_plugin_env(monkeypatch):
+    for var in ("PITI_DISABLE_PLUGINS", "PITI_LOAD_PLUGINS", "PITI_STRICT_PLUGINS"):
+        monkeypatch.delenv(var, raising=False)
+    _plugins.reset_plugin_manager()
+    yield monkeypatch
+    _plugins.reset_plugin_manager()
+
+
+@pytest.fixture
+def fake_entry_points(clean_plugin_env):
+    """Only the entry points added with ``.add()`` are seen (``.keep_installed = True`` keeps real ones)."""
+    fake = FakeEntryPoints(keep_installed=False)
+    clean_plugin_env.setattr(_plugins, "entry_points_for_group", fake)
+    return fake
+
+
+@pytest.fixture
+def piti_host(clean_plugin_env):
+    return _plugins.PluginHost()
+
+
+@pytest.fixture
+def plugin_host_factory(clean_plugin_env):
+    def make() -> _plugins.PluginHost:
+        host = _plugins.PluginHost()
+        host.load_entry_points()
+        return host
+
+    return make
+
+
+@pytest.fixture
+def piti_config():
+    from piti_core.config import resolve_config
+
+    return resolve_config(preset="tiny")
+
+
+def assert_task_contract(task, cfg=None, batch_size: int = 2) -> None:
+    """Check that ``task`` honours the :class:`~piti_core.tasks.Task` contract on CPU, tiny shapes.
+
+    Builds the task's encoder and one batch of conditions and checks names, shapes, dtypes, value
+    ranges, the null condition, and that the encoder runs on the batch.
+    """
+    import torch
+
+    from piti_core.config import resolve_config
+    from piti_core.tasks import ConditionSpec, Task
+
+    assert isinstance(task, Task), f"{task!r} is not a piti_core.tasks.Task"
+    assert _plugins.NAME_RE.match(task.name or ""), f"bad task name {task.name!r}"
+    assert task.description, f"task '{task.name}' has no description"
+    if cfg is None:
+        sections = {task.name: task.config_class} if task.config_class else {}
+        cfg = resolve_config(preset="tiny", extra_sections=sections)
+    spec = task.condition_spec(cfg)
+    assert isinstance(spec, ConditionSpec), "condition_spec() must return a ConditionSpec"
+    s = cfg.encoder.cond_size
+    cond = task.example_condition(cfg, batch_size, torch.Generator().manual_seed(0))
+    assert cond.shape == (batch_size, spec.channels, s, s), (
+        f"task '{task.name}': condition shape {tuple(cond.shape)} != {(batch_size, spec.channels, s, s)}")
+    assert cond.dtype == getattr(torch, spec.dtype), f"condition dtype {cond.dtype} != {spec.dtype}"
+    assert torch.isfinite(cond).all(), "condition has NaN/inf"
+    lo, hi = spec.value_range
+    assert cond.min() >= lo - 1e-5 and cond.max() <= hi + 1e-5, (
+        f"task '{task.name}': condition values [{cond.min():.3f}, {cond.max():.3f}] outside {spec.value_range}")
+    null = task.null_condition(cond)
+    assert null.shape == cond.shape, "null_condition() must keep the shape"
+    vis = task.visualize(cond[0], cfg)
+    assert vis.shape == (3, s, s) and vis.min() >= 0 and vis.max() <= 1, "visualize() must give (3,S,S) in [0,1]"
+    encoder = task.build_encoder(cfg).eval()
+    with torch.no_grad():
+        tokens, pooled = encoder(cond)
+    n = (s // 16) ** 2
+    assert tokens.shape == (batch_size, n, cfg.encoder.width), f"encoder tokens shape {tuple(tokens.shape)}"
+    assert pooled.shape == (batch_size, cfg.encoder.width), f"encoder pooled shape {tuple(pooled.shape)}"
+    assert torch.isfinite(tokens).all() and torch.isfinite(pooled).all(), "encoder output has NaN/inf"

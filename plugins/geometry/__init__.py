@@ -1,0 +1,13 @@
+"""Geometry tasks: ``depth``, ``normal`` and ``depth-normal`` -> image."""
+
+from piti_core.hookspecs import hookimpl
+from piti_plugins.geometry.tasks import DepthNormalTask, DepthTask, NormalTask
+
+__all__ = ["DepthTask", "NormalTask", "DepthNormalTask", "register_tasks"]
+
+
+@hookimpl
+def register_tasks(register):
+    register(DepthTask())
+    register(NormalTask())
+    register(DepthNormalTask())

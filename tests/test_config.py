@@ -1,0 +1,106 @@
+"""Config: presets, TOML, overrides, unknown keys, JSON round trip, task sections."""
+
+import attrs
+import pytest
+
+from piti_core.config import (config_from_json, config_to_json, load_config, parse_override, resolve_config,
+                              save_config)
+from piti_core.errors import ConfigError
+
+
+@attrs.frozen
+class FooOptions:
+    shots: int = 10
+    name: str = "x"
+
+
+def test_presets_differ_and_glide_is_official():
+    glide, tiny = resolve_config(preset="glide"), resolve_config(preset="tiny")
+    assert glide.model.model_channels == 192 and glide.model.channel_mult == (1, 2, 3, 4)
+    assert glide.upsampler.image_size == 256 and glide.upsampler.super_res == 64
+    assert glide.encoder.cond_size == 256 and glide.encoder.width == 512
+    assert tiny.model.image_size < glide.model.image_size and tiny.preset == "tiny"
+
+
+def test_overrides_convert_types():
+    cfg = resolve_config(preset="tiny", overrides=[
+        "train.lr=1e-3", "model.dropout=0.25", "model.checkpointing=true", "model.channel_mult=1,2",
+        "sample.steps=ddim25", "data.root=/some/where", "train.batch_size=3", "model.use_scale_shift_norm=no",
+    ])
+    assert cfg.train.lr == 1e-3 and cfg.model.dropout == 0.25 and cfg.model.checkpointing is True
+    assert cfg.model.channel_mult == (1, 2) and cfg.sample.steps == "ddim25"
+    assert cfg.data.root == "/some/where" and cfg.train.batch_size == 3
+    assert cfg.model.use_scale_shift_norm is False
+
+
+@pytest.mark.parametrize("override, match", [
+    ("model.nope=1", "unknown config key 'model.nope'; valid keys: .*model.dropout"),
+    ("bogus.x=1", "unknown config key 'bogus'"),
+    ("train.batch_size=abc", "bad value for 'train.batch_size'"),
+    ("train.batch_size=1.5", "bad value for 'train.batch_size'"),
+    ("model.dropout=2.0", "dropout must be in"),
+    ("model.checkpointing=maybe", "expected true/false"),
+    ("diffusion.schedule=quadratic", "bad value in \\[diffusion\\]"),
+    ("novalue", "must look like section.key=value"),
+    ("model=3", "must be a section"),
+])
+def test_bad_overrides(override, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve_config(preset="tiny", overrides=[override])
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'huge'; valid presets: glide, tiny"):
+        resolve_config(preset="huge")
+
+
+def test_toml_file_then_overrides(tmp_path):
+    f = tmp_path / "run.toml"
+    f.write_text('preset = "tiny"\ntask = "sketch"\n[train]\nlr = 5e-4\nbatch_size = 2\n[foo]\nshots = 3\n')
+    cfg = resolve_config(files=[f], overrides=["train.batch_size=6"], extra_sections={"foo": FooOptions})
+    assert cfg.preset == "tiny" and cfg.task == "sketch"
+    assert cfg.train.lr == 5e-4 and cfg.train.batch_size == 6
+    assert cfg.task_options("foo") == FooOptions(shots=3)
+
+
+def test_toml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config(files=[tmp_path / "missing.toml"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nlr=1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve_config(files=[bad])
+
+
+def test_task_section_overrides_and_unknown_keys():
+    cfg = resolve_config(preset="tiny", overrides=["foo.shots=5"], extra_sections={"foo": FooOptions})
+    assert cfg.task_options("foo").shots == 5
+    with pytest.raises(ConfigError, match="unknown config key 'foo.shot'; valid keys: foo.name, foo.shots"):
+        resolve_config(overrides=["foo.shot=5"], extra_sections={"foo": FooOptions})
+    with pytest.raises(ConfigError, match="unknown config key 'foo'"):
+        resolve_config(overrides=["foo.shots=5"])
+
+
+def test_json_round_trip(tmp_path):
+    cfg = resolve_config(preset="tiny", overrides=["train.lr=1e-3", "foo.shots=7", "model.channel_mult=1,2,4"],
+                         extra_sections={"foo": FooOptions})
+    text = config_to_json(cfg)
+    again = config_from_json(text, extra_sections={"foo": FooOptions})
+    assert again == cfg
+    save_config(cfg, tmp_path / "run" / "config.json")
+    assert load_config(tmp_path / "run" / "config.json", {"foo": FooOptions}) == cfg
+    assert not list((tmp_path / "run").glob("*.tmp"))  # atomic write leaves no temp file
+
+
+def test_json_with_section_of_missing_plugin():
+    cfg = resolve_config(overrides=["foo.shots=7"], extra_sections={"foo": FooOptions})
+    with pytest.raises(ConfigError, match="section 'foo' but no installed task declares it"):
+        config_from_json(config_to_json(cfg))
+
+
+def test_parse_override_strings_and_lists():
+    assert parse_override("data.root=/a b/c") == (["data", "root"], "/a b/c")
+    assert parse_override("model.channel_mult=[1,2]") == (["model", "channel_mult"], [1, 2])
+    assert parse_override('sample.steps="250"') == (["sample", "steps"], "250")
+    cfg = resolve_config(overrides=["sample.steps=250"])
+    assert cfg.sample.steps == "250"
