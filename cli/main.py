@@ -26,6 +26,8 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "tasks": "tasks",
     "config": "config",
     "data": "data",
+    "pretrain": "pretrain",
+    "train": "train",
     "convert": "convert",
     "bench": "bench",
 }

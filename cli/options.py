@@ -9,15 +9,21 @@ import click
 from piti_core.config import PRESETS, config_to_json, resolve_config
 
 
-def config_options(func):
+def config_options(func=None, *, default_preset: str | None = None):
     """Add the config options; the command receives ``config`` (a resolved PitiConfig).
+
+    ``default_preset`` is used when neither --preset nor a config file names one (training
+    commands default to ``tiny`` so they run on a laptop CPU; pass --preset glide for the real sizes).
 
     With ``--print-config`` the resolved config is printed as JSON on stdout and the command stops.
     Task sections (``[sketch]``, ``--set fewshot.shots=5``) come from the registered task plugins.
     """
 
+    if func is None:
+        return functools.partial(config_options, default_preset=default_preset)
+
     @click.option("--preset", type=click.Choice(sorted(PRESETS)), default=None,
-                  help="Named base config (default: glide, or the preset of --config).")
+                  help=f"Named base config (default: {default_preset or 'glide'}, or the preset of --config).")
     @click.option("--config", "config_files", multiple=True, type=click.Path(dir_okay=False),
                   help="TOML config file(s); later ones win.")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -28,7 +34,10 @@ def config_options(func):
         from piti_core.plugins import get_plugin_manager
 
         sections = get_plugin_manager().task_sections()
-        cfg = resolve_config(preset=preset, files=config_files, overrides=overrides, extra_sections=sections)
+        # an explicit --preset beats a config file's; default_preset only fills in when neither names one
+        overrides = ([f"preset={preset}"] if preset else []) + list(overrides)
+        cfg = resolve_config(preset=default_preset, files=config_files, overrides=overrides,
+                             extra_sections=sections)
         task = kwargs.get("task")
         if task:
             get_plugin_manager().task(task)  # validate the name early, listing the valid ones

@@ -78,8 +78,9 @@ class EncoderConfig:
     cnn_channels: tuple[int, ...] = field(default=(32, 64, 128, 256), converter=_tuple_of_ints)
 
     def __attrs_post_init__(self):
-        if self.cond_size % 16:
-            raise ValueError(f"cond_size must be a multiple of 16 (stride-16 CNN), got {self.cond_size}")
+        if self.cond_size % 16 or self.cond_size < 32:
+            raise ValueError(f"cond_size must be a multiple of 16 and at least 32 (stride-16 CNN with "
+                             f"instance norm on a grid of 2×2 or more), got {self.cond_size}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}")
         if len(self.cnn_channels) != 4:
@@ -127,6 +128,7 @@ class DataConfig:
     subset_seed: int = 0
     val_fraction: float = field(default=0.05, validator=_prob)
     toyworld_samples: int = field(default=2000, validator=_pos)
+    toyworld_seed: int = 0
     num_workers: int = field(default=0, validator=_nonneg)
     skip_bad: bool = False
 
@@ -135,8 +137,15 @@ class DataConfig:
 class TrainConfig:
     batch_size: int = field(default=4, validator=_pos)
     grad_accum: int = field(default=1, validator=_pos)
-    lr: float = field(default=3.5e-5, validator=_pos)
-    decoder_lr: float = field(default=3.5e-5, validator=_pos)
+    lr: float = field(default=3.5e-5, validator=_pos)  # stage 1 (encoder)
+    cont_lr: float = field(default=2e-5, validator=_pos)  # stage 1-cont (encoder)
+    decoder_lr: float = field(default=3.5e-5, validator=_pos)  # stage 2 (encoder and decoder)
+    upsampler_lr: float = field(default=1e-5, validator=_pos)
+    pretrain_lr: float = field(default=1e-4, validator=_pos)
+    timestep_sampler: str = field(default="loss-second-moment", validator=_in("loss-second-moment", "uniform"))
+    frozen_dropout: bool = False  # keep dropout active in the frozen decoder of stage 1 (official: True)
+    keep_checkpoints: int = field(default=3, validator=_pos)
+    preview_steps: str = "ddim20"  # respacing of the sample grids written during training
     weight_decay: float = field(default=0.0, validator=_nonneg)
     ema_rate: float = field(default=0.9999, validator=_prob)
     grad_clip: float = field(default=1.0, validator=_nonneg)  # 0: off
@@ -151,6 +160,15 @@ class TrainConfig:
     save_every: int = field(default=1000, validator=_pos)
     dtype: str = field(default="auto", validator=_in("auto", "fp32", "bf16", "fp16"))
     seed: int = 0
+    # adversarial upsampler stage (spec §6; docs/upsampler.md)
+    degradation: str = field(default="bsrgan", validator=_in("bsrgan", "bicubic"))
+    perceptual: str = field(default="hed-vgg16", validator=_in("hed-vgg16", "none"))
+    perceptual_weight: float = field(default=0.004, validator=_nonneg)
+    adv_weight: float = field(default=0.01, validator=_nonneg)
+    gan: str = field(default="wgan-gp", validator=_in("wgan-gp", "hinge"))
+    disc_lr: float = field(default=1e-5, validator=_pos)
+    disc_channels: int = field(default=64, validator=_pos)
+    adv_warmup: int = field(default=100, validator=_nonneg)  # steps before the perceptual/adversarial terms
 
 
 @frozen
@@ -201,9 +219,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder": dict(width=128, layers=2, heads=4, cond_size=64, cnn_channels=(16, 32, 64, 128)),
         "text": dict(layers=2, heads=4, context_length=32),
         "sample": dict(steps="50", upsampler_steps="fast27"),
-        "train": dict(batch_size=8, lr=2e-4, decoder_lr=1e-4, ema_rate=0.999, stage1_steps=300,
+        "train": dict(batch_size=8, lr=2e-4, cont_lr=1e-4, decoder_lr=1e-4, upsampler_lr=1e-4, pretrain_lr=3e-4,
+                      ema_rate=0.999, stage1_steps=300,
                       stage1_cont_steps=100, stage2_steps=300, upsampler_steps=300, pretrain_steps=2000,
-                      log_every=10, sample_every=200, save_every=200),
+                      log_every=10, sample_every=200, save_every=200, disc_channels=16, adv_warmup=50),
     },
 }
 

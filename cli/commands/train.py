@@ -1,0 +1,35 @@
+"""``piti train --task NAME``: the PITI recipe from a pretrained prior."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from piti_cli.options import config_options, task_option
+from piti_cli.training import common_train_options, run_training
+
+
+@click.command("train")
+@task_option()
+@click.option("--prior", type=click.Path(file_okay=False), default=None,
+              help="Prior run directory (default: the prior shipped for the preset).")
+@click.option("--stage", default=None, help="Run only this stage: stage1, stage1-cont, stage2, upsampler.")
+@common_train_options
+@config_options(default_preset="tiny")
+def command(task: str, prior: str | None, stage: str | None, config, **opts) -> None:
+    """Finetune a task from the prior: stage 1, stage 1-cont, stage 2, then the upsampler.
+
+    With no other argument this trains on the built-in toy world with the `tiny` preset from the
+    shipped prior, writes a run directory and prints where it is.
+    """
+    from piti_core.plugins import get_plugin_manager
+    from piti_core.train.finetune import finetune_stages, shipped_prior
+
+    the_task = get_plugin_manager().task(task)
+    prior_dir = Path(prior) if prior else shipped_prior(config.preset)
+    if prior is None and prior_dir is not None:
+        click.echo(f"prior: shipped {config.preset} prior ({prior_dir})", err=True)
+    stages = finetune_stages(config, stage)
+    run_training(config, task=the_task, stages=stages, prior_dir=prior_dir, default_name=f"{task}-{config.preset}",
+                 next_hint=lambda run: f"piti sample --run {run} --input <condition file>", **opts)

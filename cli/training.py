@@ -1,0 +1,139 @@
+"""What `piti train` and `piti pretrain` share: options, the progress display, Ctrl-C handling."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import time
+from pathlib import Path
+
+import click
+
+
+def common_train_options(func):
+    @click.option("--out", type=click.Path(file_okay=False), default=None,
+                  help="Run directory (default: runs/<task>-<preset>, numbered if it exists).")
+    @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+    @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
+    @click.option("--data", type=click.Path(file_okay=False), default=None, help="Data set root (default: toy world).")
+    @click.option("--skip-bad", is_flag=True, help="Skip bad image/condition pairs instead of stopping.")
+    @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+    @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
+                  help="Compute precision (default: train.dtype).")
+    @click.option("--no-preview", is_flag=True, help="Do not write sample grids during training.")
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        return func(*args, **kwargs)
+
+    return wrapper
+
+
+def _apply_overrides(cfg, data, skip_bad, dtype):
+    import attrs
+
+    if data:
+        cfg = attrs.evolve(cfg, data=attrs.evolve(cfg.data, root=str(data)))
+    if skip_bad:
+        cfg = attrs.evolve(cfg, data=attrs.evolve(cfg.data, skip_bad=True))
+    if dtype:
+        cfg = attrs.evolve(cfg, train=attrs.evolve(cfg.train, dtype=dtype))
+    return cfg
+
+
+def _default_out(name: str) -> Path:
+    base = Path("runs") / name
+    if not base.exists():
+        return base
+    i = 2
+    while (Path("runs") / f"{name}-{i}").exists():
+        i += 1
+    return Path("runs") / f"{name}-{i}"
+
+
+class Display:
+    """Renders trainer events: a rich progress bar per stage on stderr."""
+
+    def __init__(self):
+        from piti_cli.ui import err_console
+
+        self.console = err_console
+        self.bar = None
+        self.task = None
+        self.t0 = time.time()
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "plan":
+            self.console.print(f"stages: {', '.join(event['stages'])}  device {event['device']}  "
+                               f"dtype {event['dtype']}  processes {event['world']}", markup=False, soft_wrap=True)
+        elif kind == "stage":
+            self._close()
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                TimeRemainingColumn(), console=self.console, disable=not self.console.is_terminal)
+            self.bar.start()
+            self.task = self.bar.add_task(event["stage"], total=event["steps"], completed=event["start"], info="")
+            if not self.console.is_terminal:
+                self.console.print(f"stage {event['stage']}: steps {event['start']}..{event['steps']}", markup=False)
+        elif kind == "step" and self.bar is not None:
+            rate = ""
+            info = f"loss {event['loss']:.4f}"
+            self.bar.update(self.task, completed=event["step"], info=info + rate)
+        elif kind in ("preview", "resume", "message", "skip-stage", "toyworld"):
+            text = {"preview": lambda e: f"samples: {e['path']}",
+                    "resume": lambda e: f"resuming {e['stage']} at step {e['step']} from {e['checkpoint']}",
+                    "skip-stage": lambda e: f"stage {e['stage']} already done",
+                    }.get(kind, lambda e: str(e.get("message", e)))(event)
+            (self.bar.console if self.bar else self.console).print(text, markup=False, soft_wrap=True)
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+    def close(self):
+        self._close()
+
+
+def run_training(config, *, task, stages, prior_dir, default_name: str, next_hint, out, resume, overwrite, data,
+                 skip_bad, device, dtype, no_preview, source: str = "train") -> None:
+    import torch
+
+    from piti_core.train.finetune import train
+    from piti_core.train.session import Interrupted
+
+    cfg = _apply_overrides(config, data, skip_bad, dtype)
+    run_dir = Path(out) if out else (_default_out(default_name) if not resume else None)
+    if run_dir is None:
+        raise click.UsageError("--resume needs --out RUN_DIR")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    stop = {"flag": False}
+
+    def on_sigint(signum, frame):
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        click.echo("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", err=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    display = Display()
+    t0 = time.time()
+    try:
+        train(cfg, task=task, run_dir=run_dir, stages=stages, prior_dir=prior_dir, resume=resume, overwrite=overwrite,
+              device=device, callback=display, should_stop=lambda: stop["flag"], previews=not no_preview,
+              source=source)
+    except Interrupted as exc:
+        display.close()
+        click.echo(f"{exc}; resume with: piti {click.get_current_context().info_name} --out {run_dir} --resume "
+                   f"(plus the same options)", err=True)
+        raise click.exceptions.Exit(130)
+    finally:
+        display.close()
+        signal.signal(signal.SIGINT, previous)
+    minutes = (time.time() - t0) / 60
+    click.echo(f"finished in {minutes:.1f} min; samples in {run_dir / 'samples'}", err=True)
+    click.echo(f"next: {next_hint(run_dir)}", err=True)
+    click.echo(str(run_dir))

@@ -1,0 +1,1 @@
+"""Training: the PITI two-stage recipe, the adversarial upsampler stage and prior pretraining."""

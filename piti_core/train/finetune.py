@@ -1,0 +1,256 @@
+"""`piti train` and `piti pretrain`: build each stage's model, data and objective, run the stages,
+write the finished run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from piti_core.errors import CheckpointError
+from piti_core.train.recipe import Stage, piti_stages, pretrain_stages, select
+from piti_core.train.session import (Callback, RunLog, load_stage_weights, prepare_run_dir, run_stage)
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+# ------------------------------------------------------------------------------------------ prior
+def shipped_prior(preset: str) -> Path | None:
+    path = ASSETS / f"prior-{preset}"
+    return path if (path / "run.json").is_file() else None
+
+
+def prior_decoders(prior_dir: Path | None, cfg) -> dict[str, dict[str, torch.Tensor]]:
+    """Decoder weights ``{"base": ..., "upsampler": ...}`` from a prior run directory.
+
+    Accepts text-prior runs (``piti pretrain``: text_base / text_upsampler), converted GLIDE or PITI
+    runs and earlier ``piti train`` runs (base / upsampler). The architecture must match ``cfg``.
+    """
+    from safetensors.torch import load_file
+
+    from piti_core.models.build import build_base, build_upsampler
+    from piti_core.runs import read_run_meta
+
+    if prior_dir is None:
+        raise CheckpointError(
+            f"no prior is shipped for preset '{cfg.preset}'; convert GLIDE with `piti convert --glide ...` "
+            "or pretrain one with `piti pretrain`, then pass --prior RUN_DIR")
+    meta = read_run_meta(prior_dir)
+    out = {}
+    for kind, names, builder, ucfg in (("base", ("base", "text_base"), build_base, cfg.model),
+                                        ("upsampler", ("upsampler", "text_upsampler"), build_upsampler, cfg.upsampler)):
+        name = next((n for n in names if n in meta["models"]), None)
+        if name is None:
+            continue
+        state = load_file(str(Path(prior_dir) / meta["models"][name]))
+        dec = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+        with torch.device("meta"):
+            expected = builder(cfg, 1).decoder.state_dict()
+        _check_match(dec, expected, f"prior {prior_dir} ({name})", cfg.preset)
+        out[kind] = dec
+    if "base" not in out:
+        raise CheckpointError(f"prior {prior_dir} has no base decoder (models: {', '.join(meta['models'])})")
+    return out
+
+
+def _check_match(state, expected, where: str, preset: str) -> None:
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or extra or shapes:
+        parts = []
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} shape mismatches, e.g. decoder.{k} {list(state[k].shape)} vs "
+                         f"{list(expected[k].shape)}")
+        if missing:
+            parts.append(f"missing decoder.{missing[0]}" + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+        if extra:
+            parts.append(f"unexpected decoder.{extra[0]}" + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
+        raise CheckpointError(f"{where} does not match the '{preset}' preset: {'; '.join(parts)}")
+
+
+# ------------------------------------------------------------------------------------------ stages
+def _named(module: torch.nn.Module, prefix: str):
+    return [(prefix + k, p) for k, p in module.named_parameters()]
+
+
+def _upsampler_parts(cfg, device):
+    from piti_core.models.discriminator import NLayerDiscriminator
+    from piti_core.train.adversarial import AdversarialLoss
+    from piti_core.train.degrade import Degradation
+    from piti_core.train.perceptual import PerceptualLoss
+
+    t = cfg.train
+    degrade = Degradation(cfg.upsampler.super_res, kind=t.degradation)
+    perceptual = PerceptualLoss(t.perceptual).to(device) if t.perceptual != "none" else None
+    disc = NLayerDiscriminator(3, t.disc_channels).to(device)
+    adversarial = AdversarialLoss(disc, kind=t.gan, lr=t.disc_lr)
+    return degrade, perceptual, adversarial
+
+
+def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, device, world: int = 1):
+    """A zero-argument builder for :func:`run_stage`."""
+    from piti_core.models.build import build_model
+    from piti_core.train.objectives import DiffusionObjective
+
+    def build():
+        text = stage.model.startswith("text_")
+        channels = None if text else task.condition_spec(cfg).channels
+        model = build_model(stage.model, cfg, channels)
+        kind = "upsampler" if stage.model.endswith("upsampler") else "base"
+        if prior is not None and kind in prior:
+            model.decoder.load_state_dict(prior[kind], strict=True)
+        if stage.encoder_init:
+            state = load_stage_weights(run_dir, stage.encoder_init)
+            model.encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
+        model.to(device)
+        groups = [("encoder", _named(model.encoder, "encoder."), stage.lr)]
+        frozen = []
+        if stage.trains_decoder:
+            groups.append(("decoder", _named(model.decoder, "decoder."), stage.decoder_lr))
+        else:
+            model.decoder.requires_grad_(False)
+            frozen.append(model.decoder)
+        degrade = perceptual = adversarial = None
+        if stage.adversarial:
+            degrade, perceptual, adversarial = _upsampler_parts(cfg, device)
+        null = _caption_null if text else task.null_condition
+        objective = DiffusionObjective(stage, cfg, null_condition=null, degrade=degrade, perceptual=perceptual,
+                                       adversarial=adversarial, world=world)
+        size = (cfg.upsampler if kind == "upsampler" else cfg.model).image_size
+        dataset = _dataset(cfg, task, "train", size, text)
+        return model, groups, objective, dataset, frozen
+
+    return build
+
+
+def _caption_null(tokens: torch.Tensor) -> torch.Tensor:
+    from piti_core.models.text import PAD_TOKEN
+
+    return torch.full_like(tokens, PAD_TOKEN)
+
+
+def _dataset(cfg, task, split: str, size: int, text: bool, train: bool = True):
+    if not text:
+        return task.build_dataset(cfg, split, image_sizes=(size,), train=train)
+    from piti_core.data.dataset import build_dataset
+    from piti_core.models.text import tokenize
+
+    def add_tokens(sample):
+        sample["cond"] = tokenize([sample["caption"]], cfg.text.context_length)[0][0]
+        return sample
+
+    return build_dataset(cfg.data, split, fields=(), image_sizes=(size,), cond_size=cfg.encoder.cond_size,
+                         train=train, transform=add_tokens)
+
+
+# ------------------------------------------------------------------------------------------ previews
+def make_preview(cfg, task, run_dir: Path, device, n: int = 4):
+    """A function writing ``samples/<stage>-<step>.png``: condition | EMA sample | ground truth."""
+    from piti_core.sampling import sample_base, sample_upsampler, save_grid
+
+    cache: dict[str, dict] = {}
+
+    def preview(stage: Stage, step: int, trainer) -> Path:
+        text = stage.model.startswith("text_")
+        up = stage.model.endswith("upsampler")
+        size = (cfg.upsampler if up else cfg.model).image_size
+        if stage.model not in cache:
+            ds = _dataset(cfg, task, "val", size, text, train=False)
+            items = [ds[i] for i in range(min(n, len(ds)))]
+            cache[stage.model] = {k: torch.stack([it[k] for it in items]) for k in ("image", "cond")}
+        batch = cache[stage.model]
+        ema = copy.deepcopy(trainer.model)
+        ema.load_state_dict(trainer.ema_model_state())
+        ema.eval()
+        cond, gt = batch["cond"].to(device), batch["image"].to(device)
+        gen = torch.Generator(device=device).manual_seed(cfg.train.seed)
+        scale = 1.0 if stage.uncond_p == 0 else cfg.sample.guidance_scale
+        null = _caption_null(cond) if text else task.null_condition(cond)
+        if up:
+            import torch.nn.functional as F
+
+            low = F.interpolate(gt, size=(cfg.upsampler.super_res,) * 2, mode="bicubic", antialias=True)
+            out = sample_upsampler(ema, low, cond, cfg, sampler="ddim", steps=cfg.train.preview_steps, generator=gen)
+            first = [(x + 1) / 2 for x in low]
+        else:
+            out = sample_base(ema, cond, null, cfg, sampler="ddim", steps=cfg.train.preview_steps, scale=scale,
+                              generator=gen)
+            first = [task.visualize(c, cfg) for c in cond.cpu()] if not text else None
+        rows = []
+        for i in range(out.shape[0]):
+            row = ([first[i].cpu()] if first is not None else []) + [(out[i].cpu() + 1) / 2, (gt[i].cpu() + 1) / 2]
+            rows.append(row)
+        path = Path(run_dir) / "samples" / f"{stage.name}-{step:07d}.png"
+        save_grid(path, rows)
+        return path
+
+    return preview
+
+
+# ------------------------------------------------------------------------------------------ entry points
+def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, resume: bool, overwrite: bool,
+          device: str = "cpu", callback: Callback | None = None, should_stop: Callable[[], bool] = lambda: False,
+          previews: bool = True, source: str = "train") -> Path:
+    """Run ``stages`` into ``run_dir`` and write the finished run; returns ``run_dir``."""
+    from piti_core.config import save_config
+    from piti_core.precision import resolve_dtype
+    from piti_core.runs import save_run
+    from piti_core.train.distributed import device_for, init_distributed, shutdown, wrapper
+
+    run_dir = Path(run_dir)
+    dev0 = torch.device(device)
+    info = init_distributed(dev0)
+    dev = device_for(info, device)
+    dtype = resolve_dtype(cfg.train.dtype, dev)
+    if info.rank == 0:
+        prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
+        if not resume:
+            save_config(cfg, run_dir / "config.json")
+    if info.enabled:
+        import torch.distributed as dist
+
+        dist.barrier()
+    prior = prior_decoders(prior_dir, cfg) if prior_dir is not None or any(
+        not s.model.startswith("text_") for s in stages) else None
+    done = set(RunLog(run_dir).progress()["done"])
+    preview = make_preview(cfg, task, run_dir, dev) if previews else None
+    results: dict[str, dict] = {}
+    all_stages = [s.name for s in stages]
+    _emit(callback, event="plan", stages=all_stages, device=str(dev), dtype=str(dtype).replace("torch.", ""),
+          world=info.world)
+    try:
+        for index, stage in enumerate(stages):
+            if stage.name in done:
+                results[stage.model] = load_stage_weights(run_dir, stage.name)
+                _emit(callback, event="skip-stage", stage=stage.name)
+                continue
+            build = build_stage(stage, cfg, task=task, run_dir=run_dir, prior=prior, device=dev, world=info.world)
+            results[stage.model] = run_stage(stage, index, run_dir=run_dir, build=build, tcfg=cfg.train, device=dev,
+                                             dtype=dtype, callback=callback, should_stop=should_stop,
+                                             preview=preview, rank=info.rank, world=info.world,
+                                             wrap=wrapper(info, dev))
+        if info.rank == 0:
+            channels = None if task is None else task.condition_spec(cfg).channels
+            save_run(run_dir, cfg, results, task=task.name if task else "", cond_channels=channels, source=source,
+                     extra={"stages": all_stages, "prior": str(prior_dir) if prior_dir else None})
+    finally:
+        shutdown(info)
+    return run_dir
+
+
+def _emit(callback, **event):
+    if callback is not None:
+        callback(event)
+
+
+def finetune_stages(cfg, only: str | None = None) -> list[Stage]:
+    return select(piti_stages(cfg.train), only)
+
+
+def prior_stages(cfg, only: str | None = None) -> list[Stage]:
+    return select(pretrain_stages(cfg.train), only)

@@ -1,0 +1,191 @@
+"""One training stage: deterministic batches, AdamW, EMA, accumulation, autocast, clipping, NaN guard.
+
+Resume is exact because every random draw of step ``s`` (data order, augmentation, noise, timesteps,
+dropout, condition dropout) is a function of ``(seed, stage, s, rank)``: the global torch RNG is
+re-seeded at the start of each step and the data order is a per-epoch permutation of the seed.
+Stopping after N steps and resuming gives the same weights as running N + M steps in one go.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from piti_core.errors import DataError, TrainingError
+from piti_core.precision import autocast
+from piti_core.train.checkpoint import flatten_optimizer, rng_state, unflatten_optimizer
+from piti_core.train.ema import EMA
+
+
+def step_seed(seed: int, stage: int, step: int, rank: int = 0) -> int:
+    """A well-mixed 63-bit seed for one step (splitmix64 of the inputs)."""
+    z = (seed * 0x9E3779B97F4A7C15 + stage * 0xBF58476D1CE4E5B9 + step * 0x94D049BB133111EB + rank) & (2**64 - 1)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    return (z ^ (z >> 31)) & (2**63 - 1)
+
+
+def collate(samples: list[Mapping[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        out[key] = torch.stack(values) if torch.is_tensor(values[0]) else values
+    return out
+
+
+class BatchStream:
+    """Batch ``i`` of a map-style data set as a pure function of ``(seed, i)``.
+
+    Each epoch is a fresh permutation drawn from ``seed + epoch``; with ``world > 1`` rank ``r``
+    takes its own slice of every global batch (DDP sharding).
+    """
+
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        n = len(dataset)
+        if n == 0:
+            raise DataError("the training set is empty")
+        if batch_size * world > n:
+            raise DataError(f"batch size {batch_size}×{world} is larger than the training set ({n} samples); "
+                            "lower train.batch_size or add data")
+        self.dataset, self.batch_size, self.seed, self.rank, self.world = dataset, batch_size, seed, rank, world
+        self.per_epoch = n // (batch_size * world)
+        self._perm_epoch, self._perm = -1, None
+
+    def position(self, i: int) -> dict[str, int]:
+        return {"epoch": i // self.per_epoch, "batch_in_epoch": i % self.per_epoch}
+
+    def indices(self, i: int) -> list[int]:
+        epoch, j = divmod(i, self.per_epoch)
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm, self._perm_epoch = torch.randperm(len(self.dataset), generator=gen), epoch
+        start = (j * self.world + self.rank) * self.batch_size
+        return self._perm[start:start + self.batch_size].tolist()
+
+    def batch(self, i: int) -> dict[str, Any]:
+        return collate([self.dataset[k] for k in self.indices(i)])
+
+
+LossFn = Callable[[dict, "Trainer"], tuple[torch.Tensor, dict[str, float]]]
+
+
+class Trainer:
+    """Runs the optimisation steps of one stage; the stage supplies ``loss_fn(batch, trainer)``.
+
+    ``groups`` are ``(name, params, lr)``: only these parameters get gradients, optimizer state and
+    an EMA. ``aux`` objects (timestep sampler, discriminator ...) expose
+    ``state_dict()/load_state_dict()`` and are checkpointed too.
+    """
+
+    def __init__(self, *, model: nn.Module, groups: list[tuple[str, list[tuple[str, nn.Parameter]], float]],
+                 loss_fn: LossFn, stream: BatchStream, tcfg, device: torch.device, dtype: torch.dtype,
+                 stage_index: int = 0, aux: Mapping[str, Any] | None = None, rank: int = 0,
+                 ddp_model: nn.Module | None = None, max_nonfinite: int = 10):
+        self.model, self.loss_fn, self.stream, self.tcfg = model, loss_fn, stream, tcfg
+        self.net = ddp_model or model  # what the loss function calls (DDP wrapper when distributed)
+        self.device, self.dtype, self.stage_index, self.rank = torch.device(device), dtype, stage_index, rank
+        self.aux = dict(aux or {})
+        self.named = {k: p for _, params, _ in groups for k, p in params}
+        self.opt = torch.optim.AdamW(
+            [{"params": [p for _, p in params], "lr": lr, "name": name} for name, params, lr in groups],
+            weight_decay=tcfg.weight_decay, foreach=True,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
+        self.ema = EMA(self.named, tcfg.ema_rate)
+        self.step = 0
+        self.nonfinite_in_row = 0
+        self.skipped = 0
+        self.max_nonfinite = max_nonfinite
+
+    def autocast(self):
+        return autocast(self.device, self.dtype)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step (``grad_accum`` micro-batches). Returns the logged values."""
+        accum = self.tcfg.grad_accum
+        self.opt.zero_grad(set_to_none=True)
+        self.model.train()
+        logs: dict[str, float] = {}
+        losses = []
+        for micro in range(accum):
+            torch.manual_seed(step_seed(self.tcfg.seed, self.stage_index, self.step * accum + micro, self.rank))
+            batch = self.stream.batch(self.step * accum + micro)
+            loss, terms = self.loss_fn(batch, self)
+            self.scaler.scale(loss / accum).backward()
+            losses.append(float(loss.detach()))
+            for k, v in terms.items():
+                logs[k] = logs.get(k, 0.0) + float(v) / accum
+        self.scaler.unscale_(self.opt)
+        params = list(self.named.values())
+        clip = self.tcfg.grad_clip if self.tcfg.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        loss = sum(losses) / accum
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite or self.scaler.is_enabled():
+            self.scaler.step(self.opt)  # with fp16 the scaler itself skips non-finite steps
+            self.scaler.update()
+            self.ema.update(self.named)
+        if not finite:
+            self.skipped += 1
+            self.nonfinite_in_row += 1
+            if self.nonfinite_in_row >= self.max_nonfinite and not self.scaler.is_enabled():
+                raise TrainingError(
+                    f"loss or gradients were NaN/inf for {self.nonfinite_in_row} steps in a row (step {self.step}); "
+                    "lower the learning rate or use --dtype fp32, then --resume"
+                )
+        else:
+            self.nonfinite_in_row = 0
+        self.step += 1
+        logs.update(loss=loss, grad_norm=grad_norm, lr=self.opt.param_groups[0]["lr"], skipped=self.skipped)
+        return logs
+
+    # ------------------------------------------------------------------------------ state
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"ema.{k}": v for k, v in self.ema.state_dict().items()})
+        opt_t, opt_meta = flatten_optimizer(self.opt, "optim")
+        tensors.update(opt_t)
+        rng_t, rng_meta = rng_state()
+        tensors.update(rng_t)
+        aux_meta = {}
+        for name, obj in self.aux.items():
+            for k, v in obj.state_dict().items():
+                if torch.is_tensor(v):
+                    tensors[f"aux.{name}.{k}"] = v
+                else:
+                    aux_meta[f"{name}.{k}"] = v
+        meta = {"step": self.step, "optimizer": opt_meta, "scaler": self.scaler.state_dict(), "rng": rng_meta,
+                "ema_updates": self.ema.updates, "skipped": self.skipped, "nonfinite_in_row": self.nonfinite_in_row,
+                "aux": aux_meta, "data_position": self.stream.position(self.step * self.tcfg.grad_accum)}
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        from piti_core.train.checkpoint import set_rng_state
+
+        model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        self.model.load_state_dict(model_sd, strict=True)
+        self.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}, meta["ema_updates"])
+        unflatten_optimizer(self.opt, tensors, meta["optimizer"], "optim")
+        if meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        set_rng_state(tensors, meta["rng"])
+        for name, obj in self.aux.items():
+            head = f"aux.{name}."
+            state = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+            state.update({k[len(name) + 1:]: v for k, v in meta.get("aux", {}).items() if k.startswith(name + ".")})
+            obj.load_state_dict(state)
+        self.step, self.skipped = int(meta["step"]), int(meta["skipped"])
+        self.nonfinite_in_row = int(meta["nonfinite_in_row"])
+
+    def ema_model_state(self) -> dict[str, torch.Tensor]:
+        """The model's state dict with EMA weights for the trained parameters."""
+        names = {id(p): k for k, p in self.named.items()}
+        out = {}
+        for k, p in self.model.named_parameters():
+            out[k] = self.ema.shadow[names[id(p)]].to(p.dtype) if id(p) in names else p.detach()
+        for k, b in self.model.named_buffers():
+            out[k] = b
+        return out
