@@ -233,7 +233,7 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
             results[stage.model] = run_stage(stage, index, run_dir=run_dir, build=build, tcfg=cfg.train, device=dev,
                                              dtype=dtype, callback=callback, should_stop=should_stop,
                                              preview=preview, rank=info.rank, world=info.world,
-                                             wrap=wrapper(info, dev))
+                                             wrap=wrapper(info, dev), num_workers=cfg.data.num_workers)
         if info.rank == 0:
             channels = None if task is None else task.condition_spec(cfg).channels
             save_run(run_dir, cfg, results, task=task.name if task else "", cond_channels=channels, source=source,

@@ -36,14 +36,45 @@ def collate(samples: list[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _Seeded(torch.utils.data.Dataset):
+    """Item ``(index, seed)``: seeds the torch RNG, then reads ``dataset[index]``.
+
+    Augmentation inside the data set is then a function of ``(seed, epoch, index)`` only, the same in
+    the main process and in any DataLoader worker, so resume stays exact with workers too.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, seed = item
+        torch.manual_seed(seed)
+        return self.dataset[index]
+
+
+class _Batches(torch.utils.data.Sampler):
+    def __init__(self, stream: "BatchStream", start: int):
+        self.stream, self.start = stream, start
+
+    def __iter__(self):
+        i = self.start
+        while True:
+            yield self.stream.items(i)
+            i += 1
+
+
 class BatchStream:
     """Batch ``i`` of a map-style data set as a pure function of ``(seed, i)``.
 
     Each epoch is a fresh permutation drawn from ``seed + epoch``; with ``world > 1`` rank ``r``
-    takes its own slice of every global batch (DDP sharding).
+    takes its own slice of every global batch (DDP sharding). With ``num_workers > 0`` batches are
+    read ahead by DataLoader workers.
     """
 
-    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, dataset, batch_size: int, seed: int, rank: int = 0, world: int = 1, num_workers: int = 0):
         n = len(dataset)
         if n == 0:
             raise DataError("the training set is empty")
@@ -52,7 +83,9 @@ class BatchStream:
                             "lower train.batch_size or add data")
         self.dataset, self.batch_size, self.seed, self.rank, self.world = dataset, batch_size, seed, rank, world
         self.per_epoch = n // (batch_size * world)
+        self.num_workers = num_workers
         self._perm_epoch, self._perm = -1, None
+        self._iter, self._next = None, None
 
     def position(self, i: int) -> dict[str, int]:
         return {"epoch": i // self.per_epoch, "batch_in_epoch": i % self.per_epoch}
@@ -65,8 +98,21 @@ class BatchStream:
         start = (j * self.world + self.rank) * self.batch_size
         return self._perm[start:start + self.batch_size].tolist()
 
+    def items(self, i: int) -> list[tuple[int, int]]:
+        epoch = i // self.per_epoch
+        return [(k, step_seed(self.seed, epoch, k, 0)) for k in self.indices(i)]
+
     def batch(self, i: int) -> dict[str, Any]:
-        return collate([self.dataset[k] for k in self.indices(i)])
+        if self.num_workers <= 0:
+            seeded = _Seeded(self.dataset)
+            return collate([seeded[item] for item in self.items(i)])
+        if self._iter is None or self._next != i:
+            loader = torch.utils.data.DataLoader(_Seeded(self.dataset), batch_sampler=_Batches(self, i),
+                                                 num_workers=self.num_workers, collate_fn=collate,
+                                                 persistent_workers=False, prefetch_factor=4)
+            self._iter = iter(loader)
+        self._next = i + 1
+        return next(self._iter)
 
 
 LossFn = Callable[[dict, "Trainer"], tuple[torch.Tensor, dict[str, float]]]

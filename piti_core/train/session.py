@@ -122,7 +122,8 @@ def load_stage_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
 
 def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tuple], tcfg, device, dtype,
               callback: Callback | None, should_stop: Callable[[], bool], preview: Callable | None = None,
-              rank: int = 0, world: int = 1, wrap: Callable | None = None) -> dict[str, torch.Tensor]:
+              rank: int = 0, world: int = 1, wrap: Callable | None = None,
+              num_workers: int = 0) -> dict[str, torch.Tensor]:
     """Train one stage (resuming from its latest checkpoint) and return its EMA model state.
 
     ``build()`` returns ``(model, groups, objective, dataset, frozen_modules)``; it is called with the
@@ -130,7 +131,8 @@ def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tu
     """
     torch.manual_seed(step_seed(tcfg.seed, index, 2**31))
     model, groups, objective, dataset, frozen = build()
-    stream = BatchStream(dataset, tcfg.batch_size, tcfg.seed + index, rank=rank, world=world)
+    stream = BatchStream(dataset, tcfg.batch_size, tcfg.seed + index, rank=rank, world=world,
+                         num_workers=num_workers)
     trainer = Trainer(model=model, groups=groups, loss_fn=objective, stream=stream, tcfg=tcfg, device=device,
                       dtype=dtype, stage_index=index, aux=objective.aux(), rank=rank,
                       ddp_model=wrap(model) if wrap else None)
