@@ -1,0 +1,374 @@
+"""Decode one image or condition file into a numpy array, or raise a one-line DataError naming it.
+
+Arrays come back at the file's own resolution:
+
+* image   uint8 (H, W, 3) RGB (grayscale / palette / CMYK photos are converted; COCO has some)
+* labels  int64 (H, W) class ids after the data set's mapping (ADE20K: raw 0 -> 255, raw k -> k-1);
+          ids >= num_classes other than ``ignore_index`` are an error. Single-channel PNGs (L, P,
+          16-bit) hold ids; RGB PNGs are mapped through ``dataset.json`` "palette".
+* edges   bool (H, W): single-channel, value >= 128 is an edge ("1"-mode PNGs work too)
+* depth   float32 (H, W) in metres, 0 where invalid, plus bool ``depth_valid``. Integer files (16-bit
+          PNG/TIFF, int .npy) default to millimetres (scale 0.001); float files (.npy, float TIFF) to
+          metres. The raw ``depth.invalid`` value (default 0) marks missing depth; NaN/inf is an error
+          unless ``depth.invalid`` is "nan".
+* normals float32 (H, W, 3) unit vectors in the camera frame (+x right, +y up, +z toward the camera),
+          zero where invalid, plus bool ``normals_valid``. RGB PNGs store (n + 1) / 2 * 255.
+
+Nothing here writes anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from piti_core.data.records import DatasetMeta, Problem, Sample
+from piti_core.errors import DataError
+
+_INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_IMAGE_MODES = ("RGB", "L", "P", "CMYK", "YCbCr", "RGBA", "LA", "PA", "I;16", "I")
+
+
+def _err(path: Path, message: str) -> DataError:
+    """A one-line DataError "<file>: <problem; what to do>" that also keeps the parts (see problem_of)."""
+    exc = DataError(f"{path}: {message}")
+    exc.file, exc.problem = Path(path), message
+    return exc
+
+
+def problem_of(exc: DataError, file: Path, stem: str | None = None) -> Problem:
+    """The :class:`Problem` behind a DataError raised here (``file`` when it names none)."""
+    return Problem(getattr(exc, "file", Path(file)), getattr(exc, "problem", str(exc)), stem)
+
+
+def _open(path: Path) -> Image.Image:
+    """Open lazily (header only)."""
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError:
+        raise _err(path, "not an image file PIL can read; replace it with a PNG/JPEG or remove it") from None
+    except FileNotFoundError:
+        raise _err(path, "file not found; it was listed but has gone (rerun after the copy finishes)") from None
+    except OSError as exc:
+        raise _err(path, f"cannot be read ({exc.strerror or exc}); check the file and its permissions") from None
+
+
+def _load(path: Path, img: Image.Image) -> Image.Image:
+    try:
+        img.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise _err(path, f"truncated or corrupt image ({exc}); re-export the file or remove it") from None
+    return img
+
+
+def _channels(img: Image.Image) -> int:
+    return len(img.getbands())
+
+
+def _check_mode(kind: str, path: Path, img: Image.Image, meta: DatasetMeta) -> None:
+    mode, c = img.mode, _channels(img)
+    if kind == "image" and mode not in _IMAGE_MODES:
+        raise _err(path, f"unsupported image mode {mode}; save the image as 8-bit RGB PNG/JPEG")
+    if kind == "labels":
+        if c == 3 and mode == "RGB" and meta.palette is None:
+            raise _err(path, "has 3 channels (RGB) but labels must be one channel of class ids (mode L); convert "
+                             "it, or give dataset.json a \"palette\" for colour label maps")
+        if c not in (1, 3) or (c == 3 and mode != "RGB") or mode == "F":
+            raise _err(path, f"has {c} channel(s) ({mode}); labels must be a single-channel PNG of class ids")
+    if kind == "edges" and (c != 1 or mode not in ("1", "L", "P")):
+        raise _err(path, f"has {c} channel(s) ({mode}); edges must be a single-channel PNG, 0 = background, "
+                         "255 = edge")
+    if kind == "depth":
+        if c != 1:
+            raise _err(path, f"has {c} channels ({mode}); depth must be one channel (a colour-mapped depth "
+                             "picture cannot be inverted): use a 16-bit PNG, float .npy or float TIFF")
+        if mode in ("L", "P", "1"):
+            raise _err(path, "is an 8-bit image; depth must be a 16-bit PNG (x scale = metres), a float .npy or "
+                             "a float TIFF")
+    if kind == "normals" and (c != 3 or mode != "RGB"):
+        raise _err(path, f"has {c} channel(s) ({mode}); normals must be an RGB PNG storing (n + 1) / 2 * 255 "
+                         "or a float (H, W, 3) .npy")
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        return tuple(shape), np.dtype(dtype)
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise _err(path, f"not a .npy array file ({exc}); save it with numpy.save") from None
+
+
+def _npy_hw(kind: str, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int]:
+    if dtype.kind not in "iuf":
+        raise _err(path, f"holds {dtype} values; save a numeric array (float32) with numpy.save")
+    if kind == "depth":
+        dims = [d for d in shape if d != 1] if len(shape) == 3 else list(shape)
+        if len(shape) not in (2, 3) or len(dims) != 2:
+            raise _err(path, f"has shape {shape}; depth .npy must be (H, W)")
+        h, w = shape[-2:] if len(shape) == 3 and shape[0] == 1 else shape[:2]
+        return w, h
+    if kind == "normals":
+        if len(shape) == 3 and shape[-1] == 3:
+            return shape[1], shape[0]
+        if len(shape) == 3 and shape[0] == 3:
+            return shape[2], shape[1]
+        raise _err(path, f"has shape {shape}; normals .npy must be (H, W, 3)")
+    raise _err(path, f"{kind} cannot be a .npy file; save it as PNG")
+
+
+def probe(kind: str, path: Path, meta: DatasetMeta) -> tuple[int, int]:
+    """(width, height) of a file from its header, checking its type and channel count (no decoding)."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        shape, dtype = _npy_header(path)
+        return _npy_hw(kind, path, shape, dtype)
+    with _open(path) as img:
+        _check_mode(kind, path, img, meta)
+        return img.size
+
+
+# ------------------------------------------------------------------------------------ readers
+
+
+def read_image(path: Path) -> np.ndarray:
+    path = Path(path)
+    with _open(path) as img:
+        _check_mode("image", path, img, DatasetMeta())
+        _load(path, img)
+        if img.mode in ("I;16", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            arr = (255 * arr / max(arr.max(), 1)).astype(np.uint8)
+            return np.repeat(arr[..., None], 3, axis=2)
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def _map_colours(path: Path, rgb: np.ndarray, meta: DatasetMeta) -> np.ndarray:
+    key = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(meta.palette)}
+    if meta.ignore_color is not None:
+        r, g, b = meta.ignore_color
+        table[(r << 16) | (g << 8) | b] = meta.ignore_index
+    uniq, inv = np.unique(key, return_inverse=True)
+    ids = np.empty(len(uniq), dtype=np.int64)
+    for j, k in enumerate(uniq.tolist()):
+        if k not in table:
+            n = int((key == k).sum())
+            raise _err(path, f"colour ({k >> 16}, {(k >> 8) & 255}, {k & 255}) at {n} pixel(s) is not in the "
+                             "dataset.json palette; fix the label map or add the colour (or \"ignore_color\")")
+        ids[j] = table[k]
+    return ids[inv].reshape(key.shape)
+
+
+def read_labels(path: Path, meta: DatasetMeta) -> np.ndarray:
+    path = Path(path)
+    with _open(path) as img:
+        _check_mode("labels", path, img, meta)
+        _load(path, img)
+        if img.mode == "RGB":
+            return _map_colours(path, np.asarray(img), meta)
+        raw = np.asarray(img).astype(np.int64)
+    if meta.label_lut is not None:
+        lut = np.asarray(meta.label_lut, dtype=np.int64)
+        bad = raw[(raw < 0) | (raw >= len(lut))]
+        bad = bad if bad.size else raw[lut[raw] < 0]
+        if bad.size:
+            top = int(np.nonzero(lut >= 0)[0].max())
+            raise _err(path, f"raw label value {int(bad.max())} is outside 0-{top} of {meta.name}; "
+                             "is this the right data set / --format?")
+        raw = lut[raw]
+    if meta.num_classes is not None:
+        out = (raw >= meta.num_classes) & (raw != meta.ignore_index)
+        if out.any():
+            v = int(raw[out].max())
+            raise _err(path, f"class id {v} is outside the {meta.num_classes} classes (ids 0-{meta.num_classes - 1},"
+                             f" ignore {meta.ignore_index}); fix the label map or the classes in dataset.json")
+    return raw
+
+
+def read_edges(path: Path) -> np.ndarray:
+    path = Path(path)
+    with _open(path) as img:
+        _check_mode("edges", path, img, DatasetMeta())
+        _load(path, img)
+        return np.asarray(img.convert("L")) >= 128
+
+
+def _read_depth_raw(path: Path) -> tuple[np.ndarray, str]:
+    """(raw values, encoding) where encoding is "png16" for integer files and "float" otherwise."""
+    if path.suffix.lower() == ".npy":
+        shape, dtype = _npy_header(path)
+        _npy_hw("depth", path, shape, dtype)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise _err(path, f"cannot load the .npy array ({exc}); save it again with numpy.save") from None
+        arr = arr.reshape(arr.shape[-2:]) if arr.ndim == 3 and arr.shape[0] == 1 else arr.reshape(arr.shape[:2])
+        return arr, ("png16" if dtype.kind in "iu" else "float")
+    try:
+        with _open(path) as img:
+            _check_mode("depth", path, img, DatasetMeta())
+            _load(path, img)
+            arr = np.asarray(img)
+    except DataError:
+        arr = _tifffile(path)  # float64 / compressed TIFFs PIL cannot open
+        if arr is None:
+            raise
+        if arr.ndim != 2:
+            raise _err(path, f"has shape {arr.shape}; a depth TIFF must hold one (H, W) channel") from None
+    return arr, ("png16" if arr.dtype.kind in "iu" else "float")
+
+
+def _tifffile(path: Path) -> np.ndarray | None:
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    try:
+        import tifffile
+    except ImportError:
+        return None
+    try:
+        return np.squeeze(tifffile.imread(path))
+    except Exception:  # noqa: BLE001 - any failure: keep PIL's message
+        return None
+
+
+def read_depth(path: Path, meta: DatasetMeta) -> tuple[np.ndarray, np.ndarray]:
+    """(depth in metres with 0 where invalid, valid mask)."""
+    path = Path(path)
+    raw, enc = _read_depth_raw(path)
+    raw = raw.astype(np.float64)
+    spec = meta.depth
+    finite = np.isfinite(raw)
+    if spec.invalid == "nan":
+        if np.isinf(raw).any():
+            raise _err(path, f"holds {int(np.isinf(raw).sum())} inf value(s); mark pixels without depth with NaN")
+        valid = finite
+    else:
+        if not finite.all():
+            raise _err(path, f"holds {int((~finite).sum())} NaN/inf value(s); mark pixels without depth with "
+                             f"{spec.invalid:g} (dataset.json depth.invalid) instead")
+        valid = raw != spec.invalid
+    if (raw[valid] < 0).any():
+        raise _err(path, f"holds negative depth (min {raw[valid].min():g}); depth must be >= 0")
+    depth = np.where(valid, raw, 0.0) * spec.to_metres(enc)
+    return depth.astype(np.float32), valid
+
+
+def decode_normals(arr: np.ndarray, convention: str = "opengl") -> tuple[np.ndarray, np.ndarray]:
+    """uint8 RGB or float (H, W, 3) -> (unit normals, zero where invalid; valid mask)."""
+    n = arr.astype(np.float32)
+    if arr.dtype == np.uint8:
+        n = n / 127.5 - 1.0
+    elif arr.dtype.kind in "iu":
+        n = n / (np.iinfo(arr.dtype).max / 2.0) - 1.0
+    n = np.where(np.isfinite(n), n, 0.0)
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
+    valid = (norm[..., 0] > 0.5) & (norm[..., 0] < 1.5)
+    n = np.where(valid[..., None], n / np.maximum(norm, 1e-6), 0.0).astype(np.float32)
+    if convention == "opencv":  # +y down, +z away from the camera -> ours
+        n[..., 1:] *= -1
+    return n, valid
+
+
+def read_normals(path: Path, meta: DatasetMeta) -> tuple[np.ndarray, np.ndarray]:
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        shape, dtype = _npy_header(path)
+        _npy_hw("normals", path, shape, dtype)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise _err(path, f"cannot load the .npy array ({exc}); save it again with numpy.save") from None
+        if arr.shape[-1] != 3:
+            arr = np.moveaxis(arr, 0, -1)
+    else:
+        with _open(path) as img:
+            _check_mode("normals", path, img, meta)
+            _load(path, img)
+            arr = np.asarray(img)
+    return decode_normals(arr, meta.normals_convention)
+
+
+def read_condition(kind: str, path: Path, meta: DatasetMeta) -> dict[str, np.ndarray]:
+    """The arrays of one condition file: {"labels"}, {"edges"}, {"depth", "depth_valid"}, {"normals", ...}."""
+    if kind == "labels":
+        return {"labels": read_labels(path, meta)}
+    if kind == "edges":
+        return {"edges": read_edges(path)}
+    if kind == "depth":
+        d, v = read_depth(path, meta)
+        return {"depth": d, "depth_valid": v}
+    if kind == "normals":
+        n, v = read_normals(path, meta)
+        return {"normals": n, "normals_valid": v}
+    raise ValueError(f"unknown condition kind {kind!r}")
+
+
+def nearest_to(arr: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of the first two axes of ``arr`` to (height, width)."""
+    h, w = arr.shape[:2]
+    if (h, w) == (height, width):
+        return arr
+    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
+    return arr[rows][:, cols]
+
+
+def read_cached(kind: str, path: Path, size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """A condition computed by a preprocessor (see :mod:`piti_core.data.cache`), stored as .npy.
+
+    ``size`` (width, height): scale it onto the photo (nearest) when it was computed at another size.
+    """
+    arr = np.load(path, allow_pickle=False)
+    if size is not None:
+        arr = nearest_to(arr, size[1], size[0])
+    if kind == "edges":
+        return {"edges": arr.astype(bool)}
+    if kind == "normals":
+        n, v = decode_normals(arr.astype(np.float32))
+        return {"normals": n, "normals_valid": v}
+    if kind == "depth":
+        arr = arr.astype(np.float32)
+        valid = np.isfinite(arr) & (arr > 0)
+        return {"depth": np.where(valid, arr, 0).astype(np.float32), "depth_valid": valid}
+    if kind == "labels":
+        return {"labels": arr.astype(np.int64)}
+    raise ValueError(f"unknown condition kind {kind!r}")
+
+
+def check_sizes(sample: Sample, sizes: Mapping[str, tuple[int, int]], image_size: tuple[int, int]) -> None:
+    """Raise if a condition (kind -> (w, h)) differs in size from its image."""
+    for kind, (w, h) in sizes.items():
+        if (w, h) != tuple(image_size):
+            path = sample.conditions.get(kind, kind)
+            raise _err(path, f"is {w}x{h} but its image {sample.image.name} is {image_size[0]}x{image_size[1]}; "
+                             f"image and {kind} must have the same size (re-export the pair)")
+
+
+def probe_sample(sample: Sample, kinds, meta: DatasetMeta) -> None:
+    """Header-level checks of one sample: every file opens, has the right channels and the same size."""
+    size = probe("image", sample.image, meta)
+    check_sizes(sample, {k: probe(k, sample.conditions[k], meta) for k in kinds if k in sample.conditions}, size)
+
+
+def read_sample(sample: Sample, kinds, meta: DatasetMeta, derived: Mapping[str, Path] | None = None) -> dict:
+    """Decode the image and the conditions ``kinds`` of one sample (derived ones from ``derived``)."""
+    out: dict = {"image": read_image(sample.image)}
+    h, w = out["image"].shape[:2]
+    sizes = {}
+    for kind in kinds:
+        if derived and kind in derived:
+            arrays = read_cached(kind, derived[kind], (w, h))
+        elif kind in sample.conditions:
+            arrays = read_condition(kind, sample.conditions[kind], meta)
+        else:
+            raise _err(sample.image, f"has no {kind} file; add it or pass --skip-bad to skip such images")
+        sizes[kind] = arrays[kind].shape[1], arrays[kind].shape[0]
+        out.update(arrays)
+    check_sizes(sample, sizes, (w, h))
+    return out
