@@ -66,7 +66,7 @@ def test_default_dataset_is_generated_once(_piti_home):
     size = max(cfg.model.image_size, cfg.upsampler.image_size, cfg.encoder.cond_size)
     events = []
     root = default_dataset_root(cfg, callback=events.append)
-    assert root == toyworld_dir(size, 3, 1) == _piti_home / "toyworld" / f"{size}-3-1"
+    assert root == toyworld_dir(size, 3, 1) == _piti_home / "toyworld" / f"v1-{size}-3-1"
     assert (root / "dataset.json").is_file()
     assert "rendering the built-in toy world" in events[0]["message"]
     assert [e["done"] for e in events if e["event"] == "toyworld"][-1] == 3
