@@ -12,7 +12,8 @@ import torch
 
 from piti_core.errors import CheckpointError
 from piti_core.train.recipe import Stage, piti_stages, pretrain_stages, select
-from piti_core.train.session import (Callback, RunLog, load_stage_weights, prepare_run_dir, run_stage)
+from piti_core.train.session import (Callback, RunLog, finished_models, load_stage_weights, prepare_run_dir,
+                                    run_stage)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -236,8 +237,10 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
                                              wrap=wrapper(info, dev), num_workers=cfg.data.num_workers)
         if info.rank == 0:
             channels = None if task is None else task.condition_spec(cfg).channels
-            save_run(run_dir, cfg, results, task=task.name if task else "", cond_channels=channels, source=source,
-                     extra={"stages": all_stages, "prior": str(prior_dir) if prior_dir else None})
+            models = {**finished_models(run_dir), **results}  # stages run earlier with --stage count too
+            done_now = RunLog(run_dir).progress()["done"]
+            save_run(run_dir, cfg, models, task=task.name if task else "", cond_channels=channels, source=source,
+                     extra={"stages": done_now, "prior": str(prior_dir) if prior_dir else None})
     finally:
         shutdown(info)
     return run_dir

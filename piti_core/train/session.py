@@ -108,7 +108,21 @@ def save_stage_weights(run_dir: Path, stage: Stage, state: dict[str, torch.Tenso
 
     path = Path(run_dir) / "stages" / f"{stage.name}.safetensors"
     cpu = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    atomic_write(path, lambda tmp: save_file(cpu, str(tmp)))
+    atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata={"model": stage.model, "stage": stage.name}))
+
+
+def finished_models(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    """Model name -> EMA weights of the last finished stage that trained it (in progress order)."""
+    from safetensors import safe_open
+
+    out = {}
+    for name in RunLog(run_dir).progress()["done"]:
+        path = Path(run_dir) / "stages" / f"{name}.safetensors"
+        with safe_open(str(path), "pt") as fh:
+            model = (fh.metadata() or {}).get("model")
+        if model:
+            out[model] = load_stage_weights(run_dir, name)
+    return out
 
 
 def load_stage_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:

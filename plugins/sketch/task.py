@@ -71,6 +71,12 @@ class SketchTask(Task):
         binary = torch.from_numpy(np.asarray(pic, dtype=np.float32) > 40).float().unsqueeze(0)
         return self.encode({"edges": binary}, cfg).unsqueeze(0)
 
+    def alignment(self, samples, batch, cfg):
+        """Edge F1 / Chamfer distance between the samples' Canny edges and the input sketches."""
+        from piti_plugins.sketch.metrics import edge_alignment
+
+        return edge_alignment(samples, batch["cond"])
+
     def visualize(self, cond, cfg):
         edges = (cond[:1] <= -0.99).float()
         return (1.0 - edges).expand(3, -1, -1)
