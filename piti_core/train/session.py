@@ -170,14 +170,24 @@ def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tu
         _barrier(world)
 
     _emit(callback, event="stage", stage=stage.name, steps=stage.steps, start=trainer.step)
+    import time
+
+    deadline = time.monotonic() + 60 * tcfg.stage_minutes if tcfg.stage_minutes > 0 else None
+    last: dict = {}
     while trainer.step < stage.steps:
+        if deadline is not None and _agreed(time.monotonic() > deadline, world):
+            _emit(callback, event="message", message=f"stage {stage.name}: time budget of {tcfg.stage_minutes} min "
+                                                     f"reached at step {trainer.step} of {stage.steps}")
+            if last and trainer.step % tcfg.log_every:
+                log.metrics({"stage": stage.name, "step": trainer.step, **{k: _num(v) for k, v in last.items()}})
+            break
         if should_stop():
             checkpoint()
             raise Interrupted(f"stopped in stage {stage.name} at step {trainer.step}")
         if frozen_eval:
             for m in frozen:
                 m.eval()
-        logs = trainer.train_step()
+        logs = last = trainer.train_step()
         if frozen_eval:
             model.train()
         step = trainer.step
@@ -197,6 +207,17 @@ def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tu
     if trainer.skipped:
         _emit(callback, event="message", message=f"stage {stage.name}: skipped {trainer.skipped} non-finite steps")
     return state
+
+
+def _agreed(flag: bool, world: int) -> bool:
+    """True on every rank when rank 0 says so (ranks must stop at the same step)."""
+    if world <= 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.broadcast(t, 0)
+    return bool(t.item())
 
 
 def _barrier(world: int) -> None:
