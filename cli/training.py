@@ -59,6 +59,9 @@ class Display:
         self.console = err_console
         self.bar = None
         self.task = None
+        self.data_bar = None
+        self.stage_t0 = None
+        self.seen: set[str] = set()
         self.t0 = time.time()
 
     def __call__(self, event: dict) -> None:
@@ -76,18 +79,53 @@ class Display:
                                 TimeRemainingColumn(), console=self.console, disable=not self.console.is_terminal)
             self.bar.start()
             self.task = self.bar.add_task(event["stage"], total=event["steps"], completed=event["start"], info="")
+            self.stage_t0 = None
             if not self.console.is_terminal:
                 self.console.print(f"stage {event['stage']}: steps {event['start']}..{event['steps']}", markup=False)
         elif kind == "step" and self.bar is not None:
-            rate = ""
-            info = f"loss {event['loss']:.4f}"
-            self.bar.update(self.task, completed=event["step"], info=info + rate)
-        elif kind in ("preview", "resume", "message", "skip-stage", "toyworld"):
+            now = time.time()
+            if self.stage_t0 is None:
+                self.stage_t0, self.stage_s0 = now, event["step"] - 1
+            done = event["step"] - self.stage_s0
+            rate = done / max(now - self.stage_t0, 1e-9)
+            info = f"loss {event['loss']:.4f}  {rate:.2f} it/s"
+            self.bar.update(self.task, completed=event["step"], info=info)
+            if not self.console.is_terminal and (event["step"] % 50 == 0 or event["step"] == event["steps"]):
+                eta = (event["steps"] - event["step"]) / max(rate, 1e-9)
+                self.console.print(f"{event['stage']} {event['step']}/{event['steps']}  {info}  eta {eta:.0f} s",
+                                   markup=False, soft_wrap=True)
+        elif kind in ("toyworld", "preprocess"):
+            self._data_progress(event)
+        elif kind == "skip":
+            self._once(f"skipped bad pair {event['count']}: {event['problem']}")
+        elif kind in ("preview", "resume", "message", "skip-stage"):
             text = {"preview": lambda e: f"samples: {e['path']}",
                     "resume": lambda e: f"resuming {e['stage']} at step {e['step']} from {e['checkpoint']}",
                     "skip-stage": lambda e: f"stage {e['stage']} already done",
                     }.get(kind, lambda e: str(e.get("message", e)))(event)
-            (self.bar.console if self.bar else self.console).print(text, markup=False, soft_wrap=True)
+            self._once(text)
+
+    def _once(self, text: str) -> None:
+        """Print a status line, once per distinct text (each stage re-opens the data set)."""
+        if text in self.seen:
+            return
+        self.seen.add(text)
+        (self.bar.console if self.bar else self.console).print(text, markup=False, soft_wrap=True)
+
+    def _data_progress(self, event: dict) -> None:
+        label = "toy world" if event["event"] == "toyworld" else f"preprocess {event.get('name', '')}"
+        if self.data_bar is None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.data_bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeRemainingColumn(), console=self.console, transient=True,
+                                     disable=not self.console.is_terminal)
+            self.data_bar.start()
+            self.data_task = self.data_bar.add_task(label, total=event["total"])
+        self.data_bar.update(self.data_task, completed=event["done"], total=event["total"])
+        if event["done"] >= event["total"]:
+            self.data_bar.stop()
+            self.data_bar = None
 
     def _close(self):
         if self.bar is not None:

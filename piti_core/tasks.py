@@ -103,8 +103,12 @@ class Task:
 
         return TaskEncoder.from_config(cfg.encoder, self.condition_spec(cfg).channels)
 
-    def build_dataset(self, cfg: "PitiConfig", split: str, *, image_sizes=None, train: bool = True):
-        """The data set of ``split`` with the encoded condition under ``"cond"``."""
+    def build_dataset(self, cfg: "PitiConfig", split: str, *, image_sizes=None, train: bool = True, callback=None):
+        """The data set of ``split`` with the encoded condition under ``"cond"``.
+
+        ``callback`` receives the data layer's events (toy-world generation, skipped pairs, cache
+        building) for the caller to display.
+        """
         from piti_core.data.dataset import build_dataset
 
         sizes = image_sizes or (cfg.model.image_size,)
@@ -116,7 +120,7 @@ class Task:
 
         return build_dataset(
             cfg.data, split, fields=fields, image_sizes=sizes, cond_size=cfg.encoder.cond_size,
-            train=train, transform=add_condition,
+            train=train, transform=add_condition, callback=callback,
         )
 
     def synthetic_sample(self, cfg: "PitiConfig", generator: "torch.Generator") -> dict[str, Any]:

@@ -106,7 +106,8 @@ def _upsampler_parts(cfg, device):
     return low, perceptual, adversarial
 
 
-def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, device, world: int = 1):
+def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, device, world: int = 1,
+                callback: Callback | None = None):
     """A zero-argument builder for :func:`run_stage`."""
     from piti_core.models.build import build_model
     from piti_core.train.objectives import DiffusionObjective
@@ -136,7 +137,7 @@ def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, d
         objective = DiffusionObjective(stage, cfg, null_condition=null, degrade=degrade, perceptual=perceptual,
                                        adversarial=adversarial, world=world)
         size = (cfg.upsampler if kind == "upsampler" else cfg.model).image_size
-        dataset = _dataset(cfg, task, "train", size, text)
+        dataset = _dataset(cfg, task, "train", size, text, callback=callback)
         return model, groups, objective, dataset, frozen
 
     return build
@@ -148,9 +149,9 @@ def _caption_null(tokens: torch.Tensor) -> torch.Tensor:
     return torch.full_like(tokens, PAD_TOKEN)
 
 
-def _dataset(cfg, task, split: str, size: int, text: bool, train: bool = True):
+def _dataset(cfg, task, split: str, size: int, text: bool, train: bool = True, callback: Callback | None = None):
     if not text:
-        return task.build_dataset(cfg, split, image_sizes=(size,), train=train)
+        return task.build_dataset(cfg, split, image_sizes=(size,), train=train, callback=callback)
     from piti_core.data.dataset import build_dataset
     from piti_core.models.text import tokenize
 
@@ -159,7 +160,7 @@ def _dataset(cfg, task, split: str, size: int, text: bool, train: bool = True):
         return sample
 
     return build_dataset(cfg.data, split, fields=(), image_sizes=(size,), cond_size=cfg.encoder.cond_size,
-                         train=train, transform=add_tokens)
+                         train=train, transform=add_tokens, callback=callback)
 
 
 # ------------------------------------------------------------------------------------------ previews
@@ -243,7 +244,8 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
                 results[stage.model] = load_stage_weights(run_dir, stage.name)
                 _emit(callback, event="skip-stage", stage=stage.name)
                 continue
-            build = build_stage(stage, cfg, task=task, run_dir=run_dir, prior=prior, device=dev, world=info.world)
+            build = build_stage(stage, cfg, task=task, run_dir=run_dir, prior=prior, device=dev, world=info.world,
+                                callback=callback if info.rank == 0 else None)
             results[stage.model] = run_stage(stage, stage.index, run_dir=run_dir, build=build, tcfg=cfg.train, device=dev,
                                              dtype=dtype, callback=callback, should_stop=should_stop,
                                              preview=preview, rank=info.rank, world=info.world,
