@@ -166,5 +166,21 @@ class Task:
         """
         return {}
 
+    def check_condition(self, cond: "torch.Tensor", cfg: "PitiConfig", where: str) -> None:
+        """Raise DataError unless ``cond`` (C, S, S) matches :meth:`condition_spec` (run before training)."""
+        import torch
+
+        from piti_core.errors import DataError
+
+        spec = self.condition_spec(cfg)
+        s = cfg.encoder.cond_size
+        if tuple(cond.shape) != (spec.channels, s, s):
+            raise DataError(f"{where}: task '{self.name}' expects conditions of shape {(spec.channels, s, s)}, "
+                            f"the data set gives {tuple(cond.shape)}; check the data set and the task's options")
+        lo, hi = spec.value_range
+        if not torch.isfinite(cond).all() or cond.min() < lo - 1e-4 or cond.max() > hi + 1e-4:
+            raise DataError(f"{where}: task '{self.name}' conditions must lie in [{lo}, {hi}], the data set gives "
+                            f"[{float(cond.min()):.3g}, {float(cond.max()):.3g}]")
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} '{self.name}'>"

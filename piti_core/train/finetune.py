@@ -138,6 +138,9 @@ def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, d
                                        adversarial=adversarial, world=world)
         size = (cfg.upsampler if kind == "upsampler" else cfg.model).image_size
         dataset = _dataset(cfg, task, "train", size, text, callback=callback)
+        if not text and len(dataset):
+            first = dataset[0]
+            task.check_condition(first["cond"], cfg, f"{cfg.data.root or 'toy world'} ({first.get('stem', 0)})")
         return model, groups, objective, dataset, frozen
 
     return build

@@ -94,6 +94,12 @@ class MaskTask(Task):
         labels = sample["labels"].long()
         spec = self.condition_spec(cfg)
         valid = (labels >= 0) & (labels < spec.num_classes)
+        outside = ~valid & (labels != spec.ignore_index)
+        if outside.any():
+            from piti_core.errors import DataError
+
+            raise DataError(f"{sample.get('stem', 'a sample')}: label id {int(labels[outside].max())} is outside the "
+                            f"task's {spec.num_classes} classes; set mask.num_classes or fix the data set")
         ids = labels.where(valid, torch.zeros_like(labels))
         if self.options(cfg).encoding == "onehot":
             out = torch.nn.functional.one_hot(ids, spec.num_classes).permute(2, 0, 1).float()

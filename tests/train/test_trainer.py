@@ -1,0 +1,61 @@
+"""Trainer: non-finite steps are skipped and counted, and K in a row stop training."""
+
+import pytest
+import torch
+
+from piti_core.config import resolve_config
+from piti_core.errors import TrainingError
+from piti_core.train.loop import BatchStream, Trainer
+
+
+class Data(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"x": torch.full((2,), float(i))}
+
+
+def _trainer(losses):
+    cfg = resolve_config(preset="tiny")
+    model = torch.nn.Linear(2, 1)
+    calls = iter(losses)
+
+    def loss_fn(batch, trainer):
+        scale = next(calls)
+        return model(batch["x"]).pow(2).mean() * scale, {}
+
+    groups = [("all", list(model.named_parameters()), 1e-2)]
+    return model, Trainer(model=model, groups=groups, loss_fn=loss_fn, stream=BatchStream(Data(), 2, 0),
+                          tcfg=cfg.train, device=torch.device("cpu"), dtype=torch.float32, max_nonfinite=3)
+
+
+def test_nonfinite_step_is_skipped_and_counted():
+    model, trainer = _trainer([1.0, float("nan"), 1.0])
+    trainer.train_step()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    logs = trainer.train_step()
+    assert logs["skipped"] == 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])  # the NaN step changed nothing
+    trainer.train_step()
+    assert trainer.nonfinite_in_row == 0 and trainer.skipped == 1
+
+
+def test_k_nonfinite_steps_in_a_row_stop_training():
+    _, trainer = _trainer([float("inf")] * 5)
+    trainer.train_step()
+    trainer.train_step()
+    with pytest.raises(TrainingError, match="NaN/inf for 3 steps in a row"):
+        trainer.train_step()
+
+
+def test_condition_mismatch_is_refused(tmp_path):
+    from piti_core.errors import DataError
+    from piti_plugins.sketch import SketchTask
+
+    cfg = resolve_config(preset="tiny")
+    with pytest.raises(DataError, match="expects conditions of shape"):
+        SketchTask().check_condition(torch.zeros(3, 64, 64), cfg, "somewhere")
+    with pytest.raises(DataError, match="must lie in"):
+        SketchTask().check_condition(torch.full((1, 64, 64), 5.0), cfg, "somewhere")
