@@ -1,0 +1,85 @@
+"""Small building blocks shared by the UNet and the transformers.
+
+Numerics follow the official GLIDE/PITI code: normalisations run in float32 and cast back, attention
+softmax runs in float32 (scale 1/sqrt(d)), the timestep embedding is ``[cos | sin]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in float32 (weights too) and cast back; optional fused SiLU after it."""
+
+    def __init__(self, num_channels: int, swish: bool = False, num_groups: int = 32, eps: float = 1e-5):
+        super().__init__(num_groups=min(num_groups, num_channels), num_channels=num_channels, eps=eps)
+        self.swish = swish
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(), self.eps)
+        y = y.to(x.dtype)
+        return F.silu(y) if self.swish else y
+
+
+class LayerNorm32(nn.LayerNorm):
+    """LayerNorm computed in float32 and cast back to the input dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero all parameters of ``module`` (the official zero-initialised output convolutions)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding ``[cos | sin]`` of (possibly fractional) timesteps, shape (B, dim), float32."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+    )
+    args = timesteps.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
+    return emb
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+    """Multi-head attention on (B, H, L, d) tensors with a float32 softmax, scale 1/sqrt(d).
+
+    The inputs are upcast to float32 with autocast disabled, so the softmax (and the whole product)
+    is float32 whatever the surrounding precision; the result has ``q``'s dtype.
+    """
+    dtype = q.dtype
+    device_type = q.device.type
+    guard = (torch.autocast(device_type, enabled=False) if device_type in _AUTOCAST_DEVICES
+             else contextlib.nullcontext())
+    with guard:
+        out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=is_causal)
+    return out.to(dtype)
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, L, H*d) -> (B, H, L, d)."""
+    b, n, c = x.shape
+    return x.view(b, n, heads, c // heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, d) -> (B, L, H*d)."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
