@@ -1,0 +1,1 @@
+"""Evaluation: FID/KID, per-task alignment metrics and reports (see piti eval)."""
