@@ -146,7 +146,8 @@ class TrainConfig:
     frozen_dropout: bool = False  # keep dropout active in the frozen decoder of stage 1 (official: True)
     keep_checkpoints: int = field(default=3, validator=_pos)
     stage_minutes: float = field(default=0.0, validator=_nonneg)  # end each stage after this long (0: off)
-    preview_steps: str = "ddim20"  # respacing of the sample grids written during training
+    preview_sampler: str = "ddpm"  # sampler of the preview grids (ddpm is robust for briefly trained models)
+    preview_steps: str = "50"  # respacing of the sample grids written during training
     weight_decay: float = field(default=0.0, validator=_nonneg)
     ema_rate: float = field(default=0.9999, validator=_prob)
     grad_clip: float = field(default=1.0, validator=_nonneg)  # 0: off

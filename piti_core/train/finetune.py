@@ -193,11 +193,12 @@ def make_preview(cfg, task, run_dir: Path, device, n: int = 4):
             import torch.nn.functional as F
 
             low = F.interpolate(gt, size=(cfg.upsampler.super_res,) * 2, mode="bicubic", antialias=True)
-            out = sample_upsampler(ema, low, cond, cfg, sampler="ddim", steps=cfg.train.preview_steps, generator=gen)
+            out = sample_upsampler(ema, low, cond, cfg, sampler=cfg.train.preview_sampler,
+                                   steps=cfg.train.preview_steps, generator=gen)
             first = [(x + 1) / 2 for x in low]
         else:
-            out = sample_base(ema, cond, null, cfg, sampler="ddim", steps=cfg.train.preview_steps, scale=scale,
-                              generator=gen)
+            out = sample_base(ema, cond, null, cfg, sampler=cfg.train.preview_sampler, steps=cfg.train.preview_steps,
+                              scale=scale, generator=gen)
             first = [task.visualize(c, cfg) for c in cond.cpu()] if not text else None
         rows = []
         for i in range(out.shape[0]):
