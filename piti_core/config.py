@@ -220,7 +220,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                           channel_mult=(1, 1, 2), attention_resolutions=(16,), num_head_channels=32,
                           dropout=0.0, super_res=32),
         "encoder": dict(width=128, layers=2, heads=4, cond_size=64, cnn_channels=(16, 32, 64, 128)),
-        "text": dict(layers=2, heads=4, context_length=32),
+        # 128 bytes hold a whole toy-world caption (the shipped prior was made with 32, which cut most)
+        "text": dict(layers=2, heads=4, context_length=128),
         "sample": dict(steps="50", upsampler_steps="fast27"),
         "train": dict(batch_size=8, lr=2e-4, cont_lr=1e-4, decoder_lr=1e-4, upsampler_lr=1e-4, pretrain_lr=3e-4,
                       ema_rate=0.999, stage1_steps=300,
