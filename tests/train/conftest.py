@@ -33,6 +33,16 @@ def write_folder(root, n=24, size=64, seed=0):
     return root
 
 
+@pytest.fixture
+def one_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("data") / "pairs")

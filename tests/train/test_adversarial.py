@@ -13,12 +13,7 @@ from piti_core.models.discriminator import NLayerDiscriminator
 from piti_core.train.adversarial import AdversarialLoss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions run faster on one thread
 
 
 def test_patchgan_layout_and_shapes():

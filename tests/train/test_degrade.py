@@ -8,12 +8,7 @@ from piti_core.errors import ConfigError
 from piti_core.train.degrade import BSRGANLight, degrade, gaussian_kernel, quantize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions run faster on one thread
 
 
 def _photo(size: int, batch: int = 1) -> torch.Tensor:

@@ -14,12 +14,7 @@ needs_weights = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions run faster on one thread
 
 
 @pytest.fixture(scope="module")
