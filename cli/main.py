@@ -28,6 +28,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "data": "data",
     "pretrain": "pretrain",
     "train": "train",
+    "sample": "sample",
     "convert": "convert",
     "bench": "bench",
 }

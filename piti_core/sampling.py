@@ -27,17 +27,18 @@ def sample_base(model, cond: torch.Tensor, null: torch.Tensor, cfg, *, sampler: 
     s = cfg.sample
     schedule = build_schedule(cfg.diffusion.schedule, cfg.diffusion.steps, steps or s.steps)
     dev = cond.device
+    kind = guidance or s.guidance
+    scale = s.guidance_scale if scale is None else scale
     with autocast(dev, dtype):
-        tokens = model.encode(cond)
-        null_tokens = model.encode(null[:1]) if (scale or s.guidance_scale) != 1 else None
+        tokens = model.encode(cond)  # once per image, not once per step
+        needs_null = kind != "none" and scale != 1
+        null_tokens = model.encode(null[:1]) if needs_null else tokens
 
     def fn(x, t, c):
         with autocast(dev, dtype):
             return model.decode(x, t, c[0], c[1]).float()
 
-    kind = guidance or s.guidance
-    model_fn = guided(fn, tokens, null_tokens if null_tokens is not None else tokens,
-                      scale if scale is not None else s.guidance_scale, kind=kind)
+    model_fn = guided(fn, tokens, null_tokens, scale, kind=kind)
     size = model.decoder.image_size if hasattr(model.decoder, "image_size") else cfg.model.image_size
     x = torch.randn((cond.shape[0], 3, size, size), generator=generator, device=dev)
     return get_sampler(sampler or s.sampler)(model_fn, x, schedule, generator=generator, callback=callback)

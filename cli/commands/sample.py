@@ -1,0 +1,80 @@
+"""``piti sample --run RUN_DIR --input FILE|DIR``: images from condition files."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("sample")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run directory from `piti train` or `piti convert`.")
+@click.option("--input", "source", required=True, type=click.Path(), help="A condition file or a folder of them.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN/samples-out).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
+@click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), default=None,
+              help="Base sampler (default: the run's sample.sampler, ddpm).")
+@click.option("--steps", default=None, help="Base respacing: 250, 100, ddim25, ... (default: the run's sample.steps).")
+@click.option("--upsampler-steps", default=None, help="Upsampler respacing (default: fast27).")
+@click.option("--guidance", type=click.Choice(["plain", "normalized", "none"]), default=None,
+              help="Classifier-free guidance of the base model (default plain).")
+@click.option("--guidance-scale", type=float, default=None, help="Official scale s (1 = conditional only).")
+@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", help="Compute precision.")
+@click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
+def command(run_dir, source, out, overwrite, sampler, steps, upsampler_steps, guidance, guidance_scale, seed,
+            batch_size, device, dtype, as_json) -> None:
+    """Preprocess the inputs with the run's task, sample the base model, upsample, write PNGs,
+    a grid and settings.json (the exact settings, to make the same images again)."""
+    from pathlib import Path
+
+    import torch
+
+    from piti_cli.ui import err_console
+    from piti_core.config import load_config
+    from piti_core.generate import SampleSettings, list_inputs, sample_files
+    from piti_core.plugins import get_plugin_manager
+
+    inputs = list_inputs(source)
+    cfg = load_config(Path(run_dir) / "config.json", get_plugin_manager().task_sections())
+    settings = SampleSettings.from_config(
+        cfg, sampler=sampler, steps=steps, upsampler_steps=upsampler_steps, guidance=guidance,
+        guidance_scale=guidance_scale, seed=seed, batch_size=batch_size,
+        device=device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=dtype)
+    out_dir = Path(out) if out else Path(run_dir) / "samples-out"
+    with _Progress(err_console) as progress:
+        result = sample_files(run_dir, inputs, out_dir, settings, overwrite=overwrite, callback=progress)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(result["grid"])
+    click.echo(f"{len(result['outputs'])} image(s) and settings.json in {result['out']}", err=True)
+
+
+class _Progress:
+    """One bar per stage and batch: base 'images 1-4 of 8', then upsampler."""
+
+    def __init__(self, console):
+        self.console, self.bar, self.key = console, None, None
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=self.console, disable=not self.console.is_terminal)
+        self.bar.start()
+        return self
+
+    def __call__(self, event: dict) -> None:
+        key = (event["stage"], event["batch"])
+        if key != self.key:
+            self.key = key
+            self.task = self.bar.add_task(f"{event['stage']}: {event['batch']}", total=event["total"])
+        self.bar.update(self.task, completed=event["i"] + 1)
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+        return False

@@ -1,0 +1,141 @@
+"""`piti sample`: condition files -> base samples -> upsampled samples, written with their settings.
+
+Writes into the output folder, for every input ``<stem>``: ``<stem>.png`` (the final image, upsampled
+when the run has an upsampler), ``<stem>_base.png`` (the base model's sample) and
+``<stem>_condition.png`` (what the task made of the input); plus ``grid.png`` (condition | base |
+final per row) and ``settings.json`` with everything needed to make the same images again.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+import torch
+
+from piti_core.errors import DataError, UsageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
+
+
+@attrs.frozen
+class SampleSettings:
+    sampler: str = "ddpm"
+    steps: str = "250"
+    upsampler_sampler: str = "ddpm"
+    upsampler_steps: str = "fast27"
+    guidance: str = "plain"
+    guidance_scale: float = 1.3
+    seed: int = 0
+    batch_size: int = 4
+    device: str = "cpu"
+    dtype: str = "fp32"
+
+    @classmethod
+    def from_config(cls, cfg, **changes) -> "SampleSettings":
+        s = cfg.sample
+        base = cls(sampler=s.sampler, steps=s.steps, upsampler_sampler=s.upsampler_sampler,
+                   upsampler_steps=s.upsampler_steps, guidance=s.guidance, guidance_scale=s.guidance_scale,
+                   seed=s.seed, batch_size=s.batch_size)
+        return attrs.evolve(base, **{k: v for k, v in changes.items() if v is not None})
+
+
+def list_inputs(source: str | Path) -> list[Path]:
+    """A condition file, or every image/.npy file of a folder (sorted)."""
+    path = Path(source)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: no condition files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return files
+    raise DataError(f"{path}: no such file or folder")
+
+
+def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, settings: SampleSettings, *,
+                 overwrite: bool = False, callback: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Sample every input with the run's models and write the results; returns the written paths."""
+    from piti_core.diffusion import get_guidance, get_sampler
+    from piti_core.io import check_writable
+    from piti_core.plugins import get_plugin_manager
+    from piti_core.precision import resolve_dtype
+    from piti_core.runs import load_run, read_run_meta
+    from piti_core.sampling import sample_base, sample_upsampler, save_grid
+
+    out_dir = Path(out_dir)
+    check_writable(out_dir, overwrite)
+    get_sampler(settings.sampler), get_sampler(settings.upsampler_sampler), get_guidance(settings.guidance)
+    host = get_plugin_manager()
+    meta = read_run_meta(run_dir)
+    task = host.task(meta.get("task") or "")
+    names = [n for n in ("base", "upsampler") if n in meta["models"]]
+    if "base" not in names:
+        raise UsageError(f"{run_dir} has no base model (models: {', '.join(meta['models'])}); "
+                         "sample a run made by `piti train` or `piti convert`")
+    device = torch.device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    run = load_run(run_dir, names=names, device=device, extra_sections=host.task_sections())
+    cfg = run.config
+    conds = [task.preprocess(p, cfg) for p in inputs]  # bad inputs fail here, before any sampling
+    stems = _unique_stems(inputs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator(device=device).manual_seed(settings.seed)
+    rows, written = [], []
+    total = len(inputs)
+    for start in range(0, total, settings.batch_size):
+        cond = torch.cat(conds[start:start + settings.batch_size]).to(device)
+        batch = f"images {start + 1}-{start + cond.shape[0]} of {total}"
+        base = sample_base(run.models["base"], cond, task.null_condition(cond), cfg, sampler=settings.sampler,
+                           steps=settings.steps, guidance=settings.guidance, scale=settings.guidance_scale,
+                           generator=gen, callback=_stage(callback, "base", batch), dtype=dtype)
+        final = base
+        if "upsampler" in run.models:
+            final = sample_upsampler(run.models["upsampler"], base, cond, cfg, sampler=settings.upsampler_sampler,
+                                     steps=settings.upsampler_steps, generator=gen,
+                                     callback=_stage(callback, "upsampler", batch), dtype=dtype)
+        for i in range(cond.shape[0]):
+            stem = stems[start + i]
+            vis = task.visualize(cond[i].float().cpu(), cfg)
+            files = {"image": out_dir / f"{stem}.png", "base": out_dir / f"{stem}_base.png",
+                     "condition": out_dir / f"{stem}_condition.png"}
+            _save_png(files["image"], (final[i].float().cpu() + 1) / 2)
+            _save_png(files["base"], (base[i].float().cpu() + 1) / 2)
+            _save_png(files["condition"], vis)
+            rows.append([vis, (base[i].float().cpu() + 1) / 2, (final[i].float().cpu() + 1) / 2])
+            written.append({"input": str(inputs[start + i]), **{k: str(v) for k, v in files.items()}})
+    save_grid(out_dir / "grid.png", rows)
+    record = {"run": str(Path(run_dir)), "task": task.name, "models": names, "settings": attrs.asdict(settings),
+              "outputs": written}
+    from piti_core.io import atomic_write_text
+
+    atomic_write_text(out_dir / "settings.json", json.dumps(record, indent=2) + "\n")
+    return {"out": str(out_dir), "grid": str(out_dir / "grid.png"), "outputs": written}
+
+
+def _stage(callback, name: str, batch: str):
+    if callback is None:
+        return None
+    return lambda event: callback({"event": "sample-step", "stage": name, "batch": batch, **event})
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for p in paths:
+        n = seen.get(p.stem, 0)
+        seen[p.stem] = n + 1
+        out.append(p.stem if n == 0 else f"{p.stem}-{n + 1}")
+    return out
+
+
+def _save_png(path: Path, img: torch.Tensor) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from piti_core.io import atomic_write
+
+    arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))

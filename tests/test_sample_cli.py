@@ -1,0 +1,83 @@
+"""`piti sample` on a small random run: files, settings, refusals, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from piti_cli.main import cli
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    import torch
+
+    from piti_core.config import resolve_config
+    from piti_core.models.build import build_base, build_upsampler
+    from piti_core.plugins import PluginHost
+    from piti_core.runs import save_run
+
+    host = PluginHost()
+    host.load_entry_points()
+    cfg = resolve_config(preset="tiny", overrides=["encoder.layers=1", "encoder.width=32", "encoder.heads=2",
+                                                   "encoder.cnn_channels=8,8,16,16"],
+                         extra_sections=host.task_sections())
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("run") / "sketch"
+    save_run(out, cfg, {"base": build_base(cfg, 1), "upsampler": build_upsampler(cfg, 1)}, task="sketch",
+             cond_channels=1, source="test")
+    return out
+
+
+@pytest.fixture
+def sketches(tmp_path):
+    folder = tmp_path / "sketches"
+    folder.mkdir()
+    for i in range(3):
+        arr = np.full((80, 100), 255, np.uint8)
+        arr[20 + i * 5, 10:90] = 0  # dark strokes on white: the polarity is detected
+        Image.fromarray(arr).save(folder / f"s{i}.png")
+    return folder
+
+
+def _sample(run_dir, source, out, *extra):
+    return CliRunner().invoke(cli, ["sample", "--run", str(run_dir), "--input", str(source), "--out", str(out),
+                                    "--steps", "4", "--upsampler-steps", "3", "--batch-size", "2", *extra])
+
+
+def test_sample_writes_images_grid_and_settings(run_dir, sketches, tmp_path):
+    out = tmp_path / "out"
+    res = _sample(run_dir, sketches, out, "--seed", "3", "--json")
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert len(data["outputs"]) == 3
+    img = Image.open(out / "s0.png")
+    assert img.size == (64, 64) and Image.open(out / "s0_base.png").size == (32, 32)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["settings"]["seed"] == 3 and settings["settings"]["steps"] == "4"
+    assert settings["task"] == "sketch" and settings["models"] == ["base", "upsampler"]
+    first = np.asarray(Image.open(out / "s1.png"))
+    res = _sample(run_dir, sketches, tmp_path / "again", "--seed", "3")
+    assert res.exit_code == 0
+    assert np.array_equal(first, np.asarray(Image.open(tmp_path / "again" / "s1.png")))  # same settings, same image
+
+
+def test_refuses_to_overwrite(run_dir, sketches, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = _sample(run_dir, sketches, out)
+    assert res.exit_code == 2 and "--overwrite" in res.output
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_bad_input_is_one_line(run_dir, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    res = _sample(run_dir, bad, tmp_path / "out")
+    assert res.exit_code == 1
+    assert "broken.png" in res.output and "Traceback" not in res.output
+    res = _sample(run_dir, tmp_path / "missing", tmp_path / "out")
+    assert res.exit_code == 1 and "no such file or folder" in res.output
