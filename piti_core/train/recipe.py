@@ -75,4 +75,15 @@ def select(stages: list[Stage], only: str | None) -> list[Stage]:
         if only not in names:
             raise UsageError(f"unknown stage '{only}'; valid stages: {', '.join(names)}")
         return [s for s in stages if s.name == only]
-    return [s for s in stages if s.steps > 0]
+    import attrs
+
+    dropped = {s.name: s for s in stages if s.steps <= 0}
+    kept = []
+    for s in stages:
+        if s.steps <= 0:
+            continue
+        init = s.encoder_init
+        while init in dropped:  # a skipped stage hands on what it would have started from
+            init = dropped[init].encoder_init
+        kept.append(attrs.evolve(s, encoder_init=init))
+    return kept

@@ -59,3 +59,14 @@ def test_condition_mismatch_is_refused(tmp_path):
         SketchTask().check_condition(torch.zeros(3, 64, 64), cfg, "somewhere")
     with pytest.raises(DataError, match="must lie in"):
         SketchTask().check_condition(torch.full((1, 64, 64), 5.0), cfg, "somewhere")
+
+
+def test_skipped_stages_hand_on_their_encoder_init():
+    from piti_core.train.finetune import finetune_stages
+
+    cfg = resolve_config(preset="tiny", overrides=["train.stage1_cont_steps=0"])
+    stages = {s.name: s for s in finetune_stages(cfg)}
+    assert "stage1-cont" not in stages and stages["stage2"].encoder_init == "stage1"
+    cfg = resolve_config(preset="tiny", overrides=["train.stage1_steps=0", "train.stage1_cont_steps=0"])
+    stages = {s.name: s for s in finetune_stages(cfg)}
+    assert stages["stage2"].encoder_init is None and stages["stage2"].index == 2
