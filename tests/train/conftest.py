@@ -35,12 +35,10 @@ def write_folder(root, n=24, size=64, seed=0):
 
 @pytest.fixture
 def one_thread():
-    import torch
+    from tests.helpers import one_torch_thread
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
