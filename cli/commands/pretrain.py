@@ -10,9 +10,11 @@ from piti_cli.training import common_train_options, run_training
 
 @click.command("pretrain")
 @click.option("--stage", default=None, help="Run only prior-base or prior-upsampler.")
+@click.option("--prior", type=click.Path(file_okay=False), default=None,
+              help="Start the decoders from this prior run (warm start); caption encoders start fresh.")
 @common_train_options
 @config_options(default_preset="tiny")
-def command(stage: str | None, config, **opts) -> None:
+def command(stage: str | None, prior: str | None, config, **opts) -> None:
     """Pretrain the prior from images with captions (the toy world by default).
 
     This is the stand-in for GLIDE on machines that cannot download it: each decoder is trained with
@@ -20,6 +22,8 @@ def command(stage: str | None, config, **opts) -> None:
     """
     from piti_core.train.finetune import prior_stages
 
+    from pathlib import Path
+
     stages = prior_stages(config, stage)
-    run_training(config, task=None, stages=stages, prior_dir=None, default_name=f"prior-{config.preset}",
+    run_training(config, task=None, stages=stages, prior_dir=Path(prior) if prior else None, default_name=f"prior-{config.preset}",
                  next_hint=lambda run: f"piti train --task sketch --prior {run}", source="pretrain", **opts)

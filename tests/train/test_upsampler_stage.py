@@ -22,3 +22,21 @@ def test_upsampler_stage_logs_adversarial_terms(data_dir, prior_dir, tmp_path, p
     assert "adv" not in rows[0] and "adv" in rows[1] and "d_d_loss" in rows[1]
     meta = json.loads((run / "run.json").read_text())
     assert meta["models"] == {"upsampler": "upsampler.safetensors"}
+
+
+def test_pretrain_warm_start_takes_the_prior_decoders(data_dir, prior_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from piti_core.train.finetune import prior_stages
+
+    cfg, _ = tiny_config(data_dir, "train.pretrain_steps=1", "train.pretrain_lr=1e-12", "text.context_length=24")
+    run = tmp_path / "prior"
+    train(cfg, task=None, run_dir=run, stages=prior_stages(cfg, "prior-base"), prior_dir=prior_dir, resume=False,
+          overwrite=False, previews=False, source="pretrain")
+    got = load_file(str(run / "text_base.safetensors"))
+    old = load_file(str(prior_dir / "text_base.safetensors"))
+    for k, v in old.items():
+        if k.startswith("decoder."):
+            torch.testing.assert_close(got[k], v, atol=1e-6, rtol=0)
+    assert got["encoder.positional_embedding"].shape[0] == 24  # a fresh caption encoder of the new size
