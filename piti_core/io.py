@@ -45,3 +45,26 @@ def check_writable(path: Path, overwrite: bool) -> None:
     exists = path.is_file() or (path.is_dir() and any(path.iterdir()))
     if exists and not overwrite:
         raise UsageError(f"{path} already exists; pass --overwrite to replace it or choose another path")
+
+
+def cached_tensors(cache: Path, build: Callable[[], dict], metadata: dict[str, str] | None = None) -> dict:
+    """Tensors from the safetensors file ``cache``, or ``build()`` them and cache them (best effort).
+
+    Used for weights converted once from a foreign format (HED's h5, the FID TorchScript file): a
+    damaged cache is rebuilt, and a read-only cache folder only costs the conversion next time.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    cache = Path(cache)
+    if cache.is_file():
+        try:
+            return load_file(str(cache))
+        except (SafetensorError, OSError):
+            pass
+    tensors = build()
+    try:
+        atomic_write(cache, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    except OSError:
+        pass
+    return tensors

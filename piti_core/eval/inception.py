@@ -387,9 +387,9 @@ def fid_inception_state_dict(weights: str | Path | None = None) -> dict[str, tor
     TorchScript files are converted once and cached in ``$PITI_HOME/weights/``.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from piti_core.io import atomic_write
+    from piti_core.io import cached_tensors
 
     source = Path(weights).expanduser() if weights is not None else fid_helper_weights_path()
     if source is None:
@@ -403,18 +403,7 @@ def fid_inception_state_dict(weights: str | Path | None = None) -> dict[str, tor
             raise CheckpointError(f"cannot read FID weights {source}: {exc}") from None
     if not _is_torchscript(source):
         return convert_pytorch_fid(source)
-    cache = _cache_path(source)
-    if cache.is_file():
-        try:
-            return load_file(str(cache))
-        except (SafetensorError, OSError):
-            pass  # a damaged cache is rebuilt below
-    sd = convert_torchscript(source)
-    try:
-        atomic_write(cache, lambda tmp: save_file(sd, str(tmp), metadata={"source": str(source)}))
-    except OSError:
-        pass  # a read-only PITI_HOME only costs the conversion next time
-    return sd
+    return cached_tensors(_cache_path(source), lambda: convert_torchscript(source), metadata={"source": str(source)})
 
 
 def load_fid_inception(weights: str | Path | None = None, device: str | torch.device = "cpu") -> FIDInceptionV3:

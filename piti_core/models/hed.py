@@ -167,27 +167,13 @@ def _cache_path(h5: Path) -> Path:
 
 def hed_state_dict(path: Path | None = None) -> dict[str, torch.Tensor]:
     """The converted weights, from the safetensors cache when it is current, else from the h5 file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
-
-    from piti_core.io import atomic_write
+    from piti_core.io import cached_tensors
 
     h5 = Path(path) if path is not None else hed_weights_path()
     if h5 is None or not h5.is_file():
         where = f" at {h5}" if h5 is not None else ""
         raise CheckpointError(f"HED weights not found{where}; {INSTALL_HINT}")
-    cache = _cache_path(h5)
-    if cache.is_file():
-        try:
-            return load_file(str(cache))
-        except (SafetensorError, OSError):
-            pass  # a damaged cache is rebuilt below
-    sd = convert_h5(h5)
-    try:
-        atomic_write(cache, lambda tmp: save_file(sd, str(tmp)))
-    except OSError:
-        pass  # a read-only PITI_HOME only costs the conversion next time
-    return sd
+    return cached_tensors(_cache_path(h5), lambda: convert_h5(h5))
 
 
 def load_hed(device: str | torch.device = "cpu", path: Path | None = None) -> HED:

@@ -15,11 +15,3 @@ def eval_one_thread():
     with one_torch_thread():
         yield
 
-
-@pytest.fixture(scope="module")
-def piti_home(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    home = tmp_path_factory.mktemp("piti_home")
-    mp.setenv("PITI_HOME", str(home))
-    yield home
-    mp.undo()

@@ -17,14 +17,6 @@ needs_weights = pytest.mark.skipif(
 pytestmark = pytest.mark.usefixtures("one_thread")  # small convolutions run faster on one thread
 
 
-@pytest.fixture(scope="module")
-def piti_home(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    home = tmp_path_factory.mktemp("piti_home")
-    mp.setenv("PITI_HOME", str(home))
-    yield home
-    mp.undo()
-
 
 @pytest.fixture(scope="module")
 def hed(piti_home):
