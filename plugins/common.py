@@ -1,4 +1,9 @@
-"""Helpers shared by the built-in task plugins: reading a user's condition file."""
+"""Helpers shared by the built-in task plugins: a user's condition file through the data layer.
+
+Files are decoded by :mod:`piti_core.data.readers` (the same checks and one-line errors as a data
+set) and cropped/resized by :mod:`piti_core.data.transforms` (the same ``data.resize`` policy and
+per-field resampling as training), so a condition given to ``piti sample`` looks like a training one.
+"""
 
 from __future__ import annotations
 
@@ -8,36 +13,33 @@ from typing import Any
 from piti_core.errors import DataError
 
 
-def open_image(source: "str | Path | Any"):
-    """A PIL image from a path or a PIL image; a clear DataError for a missing or broken file."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(source, Image.Image):
-        return source, "<image>"
-    path = Path(source)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        img = Image.open(path)
-        img.load()
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image file PIL can read (PNG, JPEG, TIFF ...)") from None
-    except (OSError, SyntaxError) as exc:
-        raise DataError(f"{path}: unreadable or truncated image ({exc})") from None
-    return img, str(path)
-
-
-def fit_square(img, size: int, resample: str, mode: str = "keep-aspect"):
-    """Resize to ``size``×``size``: short side + centre crop (``keep-aspect``) or ``squash``."""
+def is_pil(source: Any) -> bool:
     from PIL import Image
 
-    method = {"nearest": Image.NEAREST, "bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR,
-              "box": Image.BOX}[resample]
-    w, h = img.size
-    if mode == "keep-aspect" and w != h:
-        side = min(w, h)
-        left, top = (w - side) // 2, (h - side) // 2
-        img = img.crop((left, top, left + side, top + side))
-    if img.size != (size, size):
-        img = img.resize((size, size), method)
-    return img
+    return isinstance(source, Image.Image)
+
+
+def as_path(source: "str | Path | Any", what: str) -> Path:
+    """A condition file path; PIL images are accepted only where said so."""
+    if is_pil(source):
+        raise DataError(f"{what} must be given as a file path, not an in-memory image")
+    return Path(source)
+
+
+def load_rgb(source: "str | Path | Any"):
+    """RGB uint8 (H, W, 3) from a path (checked like a data-set image) or a PIL image."""
+    import numpy as np
+
+    from piti_core.data.readers import read_image
+
+    if is_pil(source):
+        return np.asarray(source.convert("RGB"), dtype=np.uint8)
+    return read_image(Path(source))
+
+
+def fit_condition(t, key: str, cfg):
+    """A (C, H, W) field -> (C, S, S) at ``cfg.encoder.cond_size`` with the data set's crop and resampling."""
+    from piti_core.data.transforms import crop_box, resize_field
+
+    top, left, h, w = crop_box(t.shape[-2], t.shape[-1], cfg.data.resize)
+    return resize_field(key, t[..., top:top + h, left:left + w], cfg.encoder.cond_size)

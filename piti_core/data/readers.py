@@ -148,7 +148,7 @@ def read_image(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def _map_colours(path: Path, rgb: np.ndarray, meta: DatasetMeta) -> np.ndarray:
+def map_colours(path: Path, rgb: np.ndarray, meta: DatasetMeta) -> np.ndarray:
     key = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(meta.palette)}
     if meta.ignore_color is not None:
@@ -171,7 +171,7 @@ def read_labels(path: Path, meta: DatasetMeta) -> np.ndarray:
         _check_mode("labels", path, img, meta)
         _load(path, img)
         if img.mode == "RGB":
-            return _map_colours(path, np.asarray(img), meta)
+            return map_colours(path, np.asarray(img), meta)
         raw = np.asarray(img).astype(np.int64)
     if meta.label_lut is not None:
         lut = np.asarray(meta.label_lut, dtype=np.int64)

@@ -35,58 +35,27 @@ def encode_normals(normals):
 
 
 def _load_depth(source, cfg):
-    """A depth file (16-bit PNG in mm, .npy, float TIFF) -> (1, S, S) tensor at the condition size."""
-    from pathlib import Path
-
-    import numpy as np
+    """A depth file (16-bit PNG in mm, float .npy or float TIFF; data-set conventions) -> (1, S, S) metres."""
     import torch
 
-    from piti_plugins.common import open_image
+    from piti_core.data.readers import read_depth
+    from piti_core.data.records import DatasetMeta
+    from piti_plugins.common import as_path, fit_condition
 
-    path = Path(str(source)) if not hasattr(source, "mode") else None
-    if path is not None and path.suffix.lower() == ".npy":
-        if not path.is_file():
-            raise DataError(f"{path}: file not found")
-        try:
-            arr = np.load(path, allow_pickle=False).astype(np.float32)
-        except (ValueError, OSError) as exc:
-            raise DataError(f"{path}: not a readable .npy depth map ({exc})") from None
-    else:
-        img, name = open_image(source)
-        arr = np.asarray(img, dtype=np.float32)
-        if arr.ndim == 3:
-            raise DataError(f"{name}: depth must be one channel (16-bit PNG, .npy or float TIFF), got {arr.shape[2]}")
-    if arr.ndim != 2:
-        raise DataError(f"{source}: depth must be a 2-D array, got shape {arr.shape}")
-    arr = np.where(np.isfinite(arr), arr, 0.0)
-    t = torch.from_numpy(arr)[None, None]
-    t = _fit(t, cfg, "nearest")
-    return t[0]
-
-
-def _fit(t, cfg, mode):
-    import torch.nn.functional as F
-
-    s = cfg.encoder.cond_size
-    h, w = t.shape[-2:]
-    if cfg.data.resize == "keep-aspect" and h != w:
-        side = min(h, w)
-        top, left = (h - side) // 2, (w - side) // 2
-        t = t[..., top:top + side, left:left + side]
-    return F.interpolate(t, size=(s, s), mode=mode) if t.shape[-1] != s else t
+    depth, _ = read_depth(as_path(source, "a depth map"), DatasetMeta())  # 0 where invalid
+    return fit_condition(torch.from_numpy(depth).float()[None], "depth", cfg)
 
 
 def _load_normals(source, cfg):
-    import numpy as np
+    """A normal map (RGB (n+1)/2*255 or float .npy, camera space) -> (3, S, S) unit vectors."""
     import torch
 
-    from piti_plugins.common import open_image
+    from piti_core.data.readers import read_normals
+    from piti_core.data.records import DatasetMeta
+    from piti_plugins.common import as_path, fit_condition
 
-    img, name = open_image(source)
-    if img.mode != "RGB":
-        raise DataError(f"{name}: normal maps must be RGB ((n+1)/2*255), got mode {img.mode}")
-    n = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
-    return _fit(n, cfg, "nearest")[0]
+    normals, _ = read_normals(as_path(source, "a normal map"), DatasetMeta())  # 0 where invalid
+    return fit_condition(torch.from_numpy(normals).float().permute(2, 0, 1), "normals", cfg)
 
 
 class DepthTask(Task):

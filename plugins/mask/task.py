@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
+import functools
 from pathlib import Path
 
 import attrs
 from attrs import field, frozen
 
-from piti_core.errors import ConfigError, DataError
+from piti_core.errors import ConfigError
 from piti_core.tasks import ConditionSpec, Task
-
-KNOWN_FORMAT_CLASSES = {"ade20k": 150, "coco-stuff": 182}
-
 
 def labelcolormap(n: int) -> list[tuple[int, int, int]]:
     """pix2pixHD's colour map (used by the official COCO-Stuff masks with colour = cmap[label + 1])."""
@@ -37,24 +34,22 @@ class MaskOptions:
     ignore_index: int = 255
 
 
-def dataset_classes(cfg) -> tuple[list[str] | None, list | None]:
-    """Class names and palette of the configured data set (the toy world when none is given)."""
-    data = cfg.data
-    if not data.root or data.format == "toyworld" and not Path(data.root, "dataset.json").is_file():
+@functools.lru_cache(maxsize=16)
+def dataset_classes(root: str, fmt: str) -> tuple[tuple[str, ...], tuple | None]:
+    """Class names and palette of a data set (the toy world when ``root`` is empty).
+
+    Cached: ``condition_spec`` runs for every sample the loader encodes, and must not list or read
+    the data set each time.
+    """
+    if not root:
         from piti_core.data.toyworld import CLASSES, PALETTE
 
-        return list(CLASSES), [tuple(c) for c in PALETTE]
-    meta = Path(data.root) / "dataset.json"
-    if meta.is_file():
-        try:
-            info = json.loads(meta.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{meta}: invalid JSON ({exc})") from None
-        palette = info.get("palette")
-        return info.get("classes"), [tuple(c) for c in palette] if palette else None
-    if data.format in KNOWN_FORMAT_CLASSES:
-        return [f"class{i}" for i in range(KNOWN_FORMAT_CLASSES[data.format])], None
-    return None, None
+        return tuple(CLASSES), tuple(tuple(c) for c in PALETTE)
+    from piti_core.data.formats import discover
+
+    meta = discover(Path(root), fmt).meta
+    names = tuple(meta.classes) or tuple(f"class{i}" for i in range(meta.num_classes or 0))
+    return names, meta.palette
 
 
 class MaskTask(Task):
@@ -65,7 +60,7 @@ class MaskTask(Task):
 
     def classes(self, cfg) -> tuple[list[str], list[tuple[int, int, int]]]:
         opts = self.options(cfg)
-        names, palette = (None, None) if opts.num_classes else dataset_classes(cfg)
+        names, palette = (None, None) if opts.num_classes else dataset_classes(cfg.data.root, cfg.data.format)
         n = opts.num_classes or (len(names) if names else 0)
         if not n:
             raise ConfigError(
@@ -109,50 +104,24 @@ class MaskTask(Task):
         return out.where(valid.unsqueeze(0), torch.full_like(out, -1.0))  # ignore -> black
 
     def preprocess(self, source, cfg):
+        """A label PNG of class ids, or an RGB colour map in the task's palette (black = ignore)."""
         import numpy as np
         import torch
 
-        from piti_plugins.common import fit_square, open_image
+        from piti_core.data.readers import map_colours, read_labels
+        from piti_core.data.records import DatasetMeta
+        from piti_plugins.common import fit_condition, is_pil
 
-        img, name = open_image(source)
         spec = self.condition_spec(cfg)
-        if img.mode in ("L", "P", "I", "I;16"):
-            ids = np.asarray(img).astype(np.int64)
-        elif img.mode in ("RGB", "RGBA"):
-            ids = self._ids_from_colours(np.asarray(img.convert("RGB")), spec, name)
+        meta = DatasetMeta(name="the task's classes", num_classes=spec.num_classes, palette=spec.palette,
+                           ignore_index=spec.ignore_index, ignore_color=(0, 0, 0))
+        if is_pil(source):
+            arr = np.asarray(source)
+            ids = map_colours(Path("<image>"), arr[..., :3], meta) if arr.ndim == 3 else arr.astype(np.int64)
         else:
-            raise DataError(f"{name}: label maps must be a grey/palette PNG of class ids or an RGB colour map, got mode {img.mode}")
-        bad = (ids >= spec.num_classes) & (ids != spec.ignore_index) | (ids < 0)
-        if bad.any():
-            raise DataError(
-                f"{name}: label id {int(ids[bad].max())} is outside 0..{spec.num_classes - 1} "
-                f"(ignore id {spec.ignore_index}); is this the right data set / --set mask.num_classes?"
-            )
-        from PIL import Image
-
-        lab = fit_square(Image.fromarray(ids.astype(np.uint8)), cfg.encoder.cond_size, "nearest", cfg.data.resize)
-        return self.encode({"labels": torch.from_numpy(np.asarray(lab).astype(np.int64))}, cfg).unsqueeze(0)
-
-    @staticmethod
-    def _ids_from_colours(rgb, spec, name):
-        import numpy as np
-
-        codes = rgb[..., 0].astype(np.int64) << 16 | rgb[..., 1].astype(np.int64) << 8 | rgb[..., 2]
-        table = {r << 16 | g << 8 | b: i for i, (r, g, b) in enumerate(spec.palette)}
-        ids = np.full(codes.shape, spec.ignore_index, dtype=np.int64)
-        unknown = np.ones(codes.shape, dtype=bool)
-        for code, idx in table.items():
-            hit = codes == code
-            ids[hit], unknown[hit] = idx, False
-        black = codes == 0
-        unknown &= ~black
-        if unknown.any():
-            c = rgb[unknown][0]
-            raise DataError(
-                f"{name}: colour ({c[0]},{c[1]},{c[2]}) at {int(unknown.sum())} pixels is not in the task palette; "
-                "give a PNG of class ids instead, or the data set's dataset.json palette"
-            )
-        return ids
+            ids = read_labels(Path(source), meta)
+        labels = fit_condition(torch.from_numpy(ids)[None], "labels", cfg)[0]
+        return self.encode({"labels": labels}, cfg).unsqueeze(0)
 
     def visualize(self, cond, cfg):
         import torch

@@ -53,26 +53,23 @@ class SketchTask(Task):
         return edge_distance(sample["edges"], cfg.encoder.cond_size)
 
     def preprocess(self, source, cfg):
-        """A drawing of either polarity (detected) or, for a photo, Canny edges."""
+        """A drawing of either polarity (detected) or, for a photo, its HED or Canny edges."""
         import numpy as np
         import torch
-        from PIL import Image
 
-        from piti_plugins.common import fit_square, open_image
+        from piti_plugins.common import fit_condition, load_rgb
 
-        img, _ = open_image(source)
-        grey = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-        size = cfg.encoder.cond_size
+        rgb = load_rgb(source)
+        grey = rgb.astype(np.float32).mean(axis=2) / 255.0
         opts = self.options(cfg)
         mid_tones = float(((grey > 0.15) & (grey < 0.85)).mean())
         if mid_tones > 0.25:  # a photo, not a drawing: take its edges
-            edges = _photo_edges(img, opts)
+            edges = _photo_edges(rgb, opts)
         else:
             dark_on_light = grey.mean() > 0.5
             edges = (grey < opts.threshold) if dark_on_light else (grey > opts.threshold)
-        # box-downsample then threshold low, so thin strokes survive the resize
-        pic = fit_square(Image.fromarray((edges * 255).astype(np.uint8)), size, "box", cfg.data.resize)
-        binary = torch.from_numpy(np.asarray(pic, dtype=np.float32) > 40).float().unsqueeze(0)
+        # the data set's edge resampling (max-pool when shrinking), so thin strokes survive the resize
+        binary = fit_condition(torch.from_numpy(edges.astype(np.float32))[None], "edges", cfg)
         return self.encode({"edges": binary}, cfg).unsqueeze(0)
 
     def alignment(self, samples, batch, cfg):
@@ -86,8 +83,8 @@ class SketchTask(Task):
         return (1.0 - edges).expand(3, -1, -1)
 
 
-def _photo_edges(img, opts):
-    """Binary edges of a photo: HED at 256×256 (the official sketch source) or Canny."""
+def _photo_edges(rgb, opts):
+    """Binary edges (H, W) of an RGB uint8 photo: HED at 256×256 (the official sketch source) or Canny."""
     import numpy as np
 
     kind = opts.photo_edges
@@ -96,26 +93,17 @@ def _photo_edges(img, opts):
 
         kind = "hed" if hed_weights_path() is not None else "canny"
     if kind == "canny":
-        return _canny(np.asarray(img.convert("L"), dtype=np.float32) / 255.0)
+        from piti_core.data.preprocess import canny_edges
+
+        return canny_edges(rgb) > 0
     import torch
     import torch.nn.functional as F
-    from PIL import Image
 
     from piti_core.models.hed import edges_from_photo
 
-    rgb = np.asarray(img.convert("RGB").resize((256, 256), Image.BICUBIC), dtype=np.float32)
-    x = torch.from_numpy(rgb / 127.5 - 1).permute(2, 0, 1)[None]
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x = F.interpolate(x, size=(256, 256), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
     with torch.no_grad():
         edges = edges_from_photo(x, threshold=opts.hed_threshold)
-    h, w = img.size[1], img.size[0]
-    edges = F.interpolate(edges, size=(h, w), mode="nearest")
-    return edges[0, 0].numpy() > 0.5
-
-
-def _canny(grey):
-    import kornia
-    import torch
-
-    x = torch.from_numpy(grey)[None, None]
-    _, edges = kornia.filters.canny(x, low_threshold=0.1, high_threshold=0.2)
+    edges = F.interpolate(edges, size=rgb.shape[:2], mode="nearest")
     return edges[0, 0].numpy() > 0.5
