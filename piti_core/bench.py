@@ -29,18 +29,9 @@ DTYPES = ("fp32", "bf16")
 
 def cpu_info() -> dict[str, Any]:
     """CPU model and whether it has native bf16 matmul support (AVX512-BF16 / AMX)."""
-    name, flags = "", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and not name:
-                    name = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass
+    from piti_core.precision import cpu_flags
+
+    name, flags = cpu_flags()
     return {
         "cpu": name or platform.processor() or platform.machine(),
         "logical_cpus": os.cpu_count(),
@@ -115,13 +106,9 @@ def _sync(device) -> None:
 
 
 def _autocast(device, dtype: str):
-    import contextlib
+    from piti_core.precision import DTYPES, autocast
 
-    import torch
-
-    if dtype == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return autocast(device, DTYPES[dtype])
 
 
 def matmul_rate(device, dtype: str, size: int = 2048, min_time: float = 0.5,

@@ -31,7 +31,6 @@ log = logging.getLogger("piti.plugins")
 
 GROUP = "piti"
 HOOKS = ("register_tasks", "register_samplers", "register_metrics")
-KINDS = {"register_tasks": "tasks", "register_samplers": "samplers", "register_metrics": "metrics"}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 

@@ -18,13 +18,26 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_native_bf16() -> bool:
-    """True when /proc/cpuinfo lists avx512_bf16 or amx_bf16."""
+def cpu_flags() -> tuple[str, frozenset[str]]:
+    """(CPU model name, instruction-set flags) from /proc/cpuinfo; empty where it cannot be read."""
+    name, flags = "", frozenset()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = fh.read()
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not name:
+                    name = value.strip()
+                elif key.strip() == "flags":
+                    flags = frozenset(value.split())
+                    break
     except OSError:
-        return False
+        pass
+    return name, flags
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU has AVX512-BF16 or AMX (bf16 matmuls in hardware)."""
+    flags = cpu_flags()[1]
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
@@ -51,6 +64,3 @@ def autocast(device: torch.device | str, dtype: torch.dtype):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {v: k for k, v in DTYPES.items()}[dtype]

@@ -39,9 +39,6 @@ if TYPE_CHECKING:  # keep `import piti_core.tasks` free of torch
 
     from piti_core.config import PitiConfig
 
-SOURCES = ("image", "labels", "edges", "depth", "normals", "caption")
-
-
 @frozen
 class ConditionSpec:
     """What the encoder's input tensor looks like."""

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from piti_core.diffusion import build_schedule, get_timestep_sampler, training_losses
+from piti_core.train.degrade import degrade
 from piti_core.train.loop import step_seed
 from piti_core.train.recipe import Stage
 
@@ -69,7 +70,7 @@ class DiffusionObjective:
         low_res = None
         if self.upsampler:
             with torch.no_grad():
-                low_res = self.degrade(x0) if self.degrade is not None else _downscale(x0, self.low_res)
+                low_res = self.degrade(x0) if self.degrade is not None else degrade(x0, self.low_res, "bicubic")
         net = trainer.net
 
         def model_fn(x_t, tt):
@@ -101,8 +102,3 @@ def _gather(x: torch.Tensor, world: int) -> torch.Tensor:
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
 
-
-def _downscale(x: torch.Tensor, size: int) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    return F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)

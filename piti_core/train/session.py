@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import torch
 
-from piti_core.errors import CheckpointError, TrainingError, UsageError
+from piti_core.errors import CheckpointError, UsageError
 from piti_core.io import atomic_write, atomic_write_text
 from piti_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from piti_core.train.loop import BatchStream, Trainer, step_seed
@@ -235,8 +235,3 @@ def _emit(callback: Callback | None, **event) -> None:
     if callback is not None:
         callback(event)
 
-
-def check_finite_model(state: dict[str, torch.Tensor], where: str) -> None:
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise TrainingError(f"{where}: weights {bad[0]} are not finite; resume from an earlier checkpoint")

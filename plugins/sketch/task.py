@@ -85,7 +85,6 @@ class SketchTask(Task):
 
 def _photo_edges(rgb, opts):
     """Binary edges (H, W) of an RGB uint8 photo: HED at 256×256 (the official sketch source) or Canny."""
-    import numpy as np
 
     kind = opts.photo_edges
     if kind == "auto":
