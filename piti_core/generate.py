@@ -20,28 +20,6 @@ from piti_core.errors import DataError, UsageError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 
 
-@attrs.frozen
-class SampleSettings:
-    sampler: str = "ddpm"
-    steps: str = "250"
-    upsampler_sampler: str = "ddpm"
-    upsampler_steps: str = "fast27"
-    guidance: str = "plain"
-    guidance_scale: float = 1.3
-    seed: int = 0
-    batch_size: int = 4
-    device: str = "cpu"
-    dtype: str = "fp32"
-
-    @classmethod
-    def from_config(cls, cfg, **changes) -> "SampleSettings":
-        s = cfg.sample
-        base = cls(sampler=s.sampler, steps=s.steps, upsampler_sampler=s.upsampler_sampler,
-                   upsampler_steps=s.upsampler_steps, guidance=s.guidance, guidance_scale=s.guidance_scale,
-                   seed=s.seed, batch_size=s.batch_size)
-        return attrs.evolve(base, **{k: v for k, v in changes.items() if v is not None})
-
-
 def list_inputs(source: str | Path) -> list[Path]:
     """A condition file, or every image/.npy file of a folder (sorted)."""
     path = Path(source)
@@ -55,9 +33,14 @@ def list_inputs(source: str | Path) -> list[Path]:
     raise DataError(f"{path}: no such file or folder")
 
 
-def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, settings: SampleSettings, *,
-                 overwrite: bool = False, callback: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Sample every input with the run's models and write the results; returns the written paths."""
+def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, settings, *, device: str = "cpu",
+                 dtype: str = "fp32", overwrite: bool = False,
+                 callback: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Sample every input with the run's models and write the results; returns the written paths.
+
+    ``settings`` is a :class:`piti_core.config.SampleConfig` (the run's ``sample`` section with the
+    command line's changes); the run's own config supplies everything else.
+    """
     from piti_core.diffusion import get_guidance, get_sampler
     from piti_core.io import check_writable
     from piti_core.plugins import get_plugin_manager
@@ -75,10 +58,10 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
     if "base" not in names:
         raise UsageError(f"{run_dir} has no base model (models: {', '.join(meta['models'])}); "
                          "sample a run made by `piti train` or `piti convert`")
-    device = torch.device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
+    device = torch.device(device)
+    compute = resolve_dtype(dtype, device)
     run = load_run(run_dir, names=names, device=device, extra_sections=host.task_sections())
-    cfg = run.config
+    cfg = attrs.evolve(run.config, sample=settings)
     conds = [task.preprocess(p, cfg) for p in inputs]  # bad inputs fail here, before any sampling
     stems = _unique_stems(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,14 +71,11 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
     for start in range(0, total, settings.batch_size):
         cond = torch.cat(conds[start:start + settings.batch_size]).to(device)
         batch = f"images {start + 1}-{start + cond.shape[0]} of {total}"
-        base = sample_base(run.models["base"], cond, task.null_condition(cond), cfg, sampler=settings.sampler,
-                           steps=settings.steps, guidance=settings.guidance, scale=settings.guidance_scale,
-                           generator=gen, callback=_stage(callback, "base", batch), dtype=dtype)
+        base = sample_base(run.models["base"], cond, task.null_condition(cond), cfg, generator=gen, callback=_stage(callback, "base", batch), dtype=compute)
         final = base
         if "upsampler" in run.models:
-            final = sample_upsampler(run.models["upsampler"], base, cond, cfg, sampler=settings.upsampler_sampler,
-                                     steps=settings.upsampler_steps, generator=gen,
-                                     callback=_stage(callback, "upsampler", batch), dtype=dtype)
+            final = sample_upsampler(run.models["upsampler"], base, cond, cfg, generator=gen,
+                                     callback=_stage(callback, "upsampler", batch), dtype=compute)
         for i in range(cond.shape[0]):
             stem = stems[start + i]
             vis = task.visualize(cond[i].float().cpu(), cfg)
@@ -107,7 +87,7 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
             rows.append([vis, (base[i].float().cpu() + 1) / 2, (final[i].float().cpu() + 1) / 2])
             written.append({"input": str(inputs[start + i]), **{k: str(v) for k, v in files.items()}})
     save_grid(out_dir / "grid.png", rows)
-    record = {"run": str(Path(run_dir)), "task": task.name, "models": names, "settings": attrs.asdict(settings),
+    record = {"run": str(Path(run_dir)), "task": task.name, "models": names, "settings": {**attrs.asdict(settings), "device": str(device), "dtype": dtype},
               "outputs": written}
     from piti_core.io import atomic_write_text
 

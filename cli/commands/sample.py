@@ -35,18 +35,21 @@ def command(run_dir, source, out, overwrite, sampler, steps, upsampler_steps, gu
 
     from piti_cli.ui import err_console
     from piti_core.config import load_config
-    from piti_core.generate import SampleSettings, list_inputs, sample_files
+    import attrs
+
+    from piti_core.generate import list_inputs, sample_files
     from piti_core.plugins import get_plugin_manager
 
     inputs = list_inputs(source)
     cfg = load_config(Path(run_dir) / "config.json", get_plugin_manager().task_sections())
-    settings = SampleSettings.from_config(
-        cfg, sampler=sampler, steps=steps, upsampler_steps=upsampler_steps, guidance=guidance,
-        guidance_scale=guidance_scale, seed=seed, batch_size=batch_size,
-        device=device or ("cuda" if torch.cuda.is_available() else "cpu"), dtype=dtype)
+    changes = dict(sampler=sampler, steps=steps, upsampler_steps=upsampler_steps, guidance=guidance,
+                   guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
+    settings = attrs.evolve(cfg.sample, **{k: v for k, v in changes.items() if v is not None})
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out) if out else Path(run_dir) / "samples-out"
     with _Progress(err_console) as progress:
-        result = sample_files(run_dir, inputs, out_dir, settings, overwrite=overwrite, callback=progress)
+        result = sample_files(run_dir, inputs, out_dir, settings, device=device, dtype=dtype, overwrite=overwrite,
+                              callback=progress)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
