@@ -71,7 +71,8 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
     for start in range(0, total, settings.batch_size):
         cond = torch.cat(conds[start:start + settings.batch_size]).to(device)
         batch = f"images {start + 1}-{start + cond.shape[0]} of {total}"
-        base = sample_base(run.models["base"], cond, task.null_condition(cond), cfg, generator=gen, callback=_stage(callback, "base", batch), dtype=compute)
+        base = sample_base(run.models["base"], cond, task.null_condition(cond), cfg, generator=gen,
+                           callback=_stage(callback, "base", batch), dtype=compute)
         final = base
         if "upsampler" in run.models:
             final = sample_upsampler(run.models["upsampler"], base, cond, cfg, generator=gen,
