@@ -107,8 +107,13 @@ def _upsampler_parts(cfg, device):
 
 
 def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, device, world: int = 1,
-                callback: Callback | None = None):
-    """A zero-argument builder for :func:`run_stage`."""
+                callback: Callback | None = None, datasets: dict | None = None):
+    """A zero-argument builder for :func:`run_stage`.
+
+    ``datasets`` caches the training sets by (size, kind), so the three base stages index and
+    validate the data set once.
+    """
+    datasets = {} if datasets is None else datasets
     from piti_core.models.build import build_model
     from piti_core.train.objectives import DiffusionObjective
 
@@ -137,7 +142,10 @@ def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, d
         objective = DiffusionObjective(stage, cfg, null_condition=null, degrade=degrade, perceptual=perceptual,
                                        adversarial=adversarial, world=world)
         size = (cfg.upsampler if kind == "upsampler" else cfg.model).image_size
-        dataset = _dataset(cfg, task, "train", size, text, callback=callback)
+        key = (size, text)
+        if key not in datasets:
+            datasets[key] = _dataset(cfg, task, "train", size, text, callback=callback)
+        dataset = datasets[key]
         if not text and len(dataset):
             first = dataset[0]
             task.check_condition(first["cond"], cfg, f"{cfg.data.root or 'toy world'} ({first.get('stem', 0)})")
@@ -239,6 +247,7 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
     done = set(RunLog(run_dir).progress()["done"])
     preview = make_preview(cfg, task, run_dir, dev) if previews else None
     results: dict[str, dict] = {}
+    datasets: dict = {}
     all_stages = [s.name for s in stages]
     _emit(callback, event="plan", stages=all_stages, device=str(dev), dtype=str(dtype).replace("torch.", ""),
           world=info.world)
@@ -249,7 +258,7 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
                 _emit(callback, event="skip-stage", stage=stage.name)
                 continue
             build = build_stage(stage, cfg, task=task, run_dir=run_dir, prior=prior, device=dev, world=info.world,
-                                callback=callback if info.rank == 0 else None)
+                                callback=callback if info.rank == 0 else None, datasets=datasets)
             results[stage.model] = run_stage(stage, stage.index, run_dir=run_dir, build=build, tcfg=cfg.train, device=dev,
                                              dtype=dtype, callback=callback, should_stop=should_stop,
                                              preview=preview, rank=info.rank, world=info.world,
