@@ -77,7 +77,8 @@ def _check_mode(kind: str, path: Path, img: Image.Image, meta: DatasetMeta) -> N
             raise _err(path, "has 3 channels (RGB) but labels must be one channel of class ids (mode L); convert "
                              "it, or give dataset.json a \"palette\" for colour label maps")
         if c not in (1, 3) or (c == 3 and mode != "RGB") or mode == "F":
-            raise _err(path, f"has {c} channel(s) ({mode}); labels must be a single-channel PNG of class ids")
+            rgb = " or an RGB PNG of palette colours" if meta.palette is not None else ""
+            raise _err(path, f"has {c} channel(s) ({mode}); labels must be a single-channel PNG of class ids{rgb}")
     if kind == "edges" and (c != 1 or mode not in ("1", "L", "P")):
         raise _err(path, f"has {c} channel(s) ({mode}); edges must be a single-channel PNG, 0 = background, "
                          "255 = edge")
@@ -148,7 +149,13 @@ def read_image(path: Path) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 
-def map_colours(path: Path, rgb: np.ndarray, meta: DatasetMeta) -> np.ndarray:
+_NOT_IN_PALETTE = 'is not in the dataset.json palette; fix the label map or add the colour (or "ignore_color")'
+_OUTSIDE_CLASSES = "fix the label map or the classes in dataset.json"
+
+
+def map_colours(path: Path, rgb: np.ndarray, meta: DatasetMeta, *, not_in_palette: str = _NOT_IN_PALETTE) -> np.ndarray:
+    """RGB (H, W, 3) -> class ids through ``meta.palette``; an unknown colour is an error ending in
+    ``not_in_palette`` (what to do; a task reading a user's file words it for its own palette)."""
     key = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     table = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(meta.palette)}
     if meta.ignore_color is not None:
@@ -159,19 +166,20 @@ def map_colours(path: Path, rgb: np.ndarray, meta: DatasetMeta) -> np.ndarray:
     for j, k in enumerate(uniq.tolist()):
         if k not in table:
             n = int((key == k).sum())
-            raise _err(path, f"colour ({k >> 16}, {(k >> 8) & 255}, {k & 255}) at {n} pixel(s) is not in the "
-                             "dataset.json palette; fix the label map or add the colour (or \"ignore_color\")")
+            raise _err(path, f"colour ({k >> 16}, {(k >> 8) & 255}, {k & 255}) at {n} pixel(s) {not_in_palette}")
         ids[j] = table[k]
     return ids[inv].reshape(key.shape)
 
 
-def read_labels(path: Path, meta: DatasetMeta) -> np.ndarray:
+def read_labels(path: Path, meta: DatasetMeta, *, not_in_palette: str = _NOT_IN_PALETTE,
+                outside_classes: str = _OUTSIDE_CLASSES) -> np.ndarray:
+    """Class ids of a label PNG; the keywords word the fix of an unknown colour / an id out of range."""
     path = Path(path)
     with _open(path) as img:
         _check_mode("labels", path, img, meta)
         _load(path, img)
         if img.mode == "RGB":
-            return map_colours(path, np.asarray(img), meta)
+            return map_colours(path, np.asarray(img), meta, not_in_palette=not_in_palette)
         raw = np.asarray(img).astype(np.int64)
     if meta.label_lut is not None:
         lut = np.asarray(meta.label_lut, dtype=np.int64)
@@ -187,7 +195,7 @@ def read_labels(path: Path, meta: DatasetMeta) -> np.ndarray:
         if out.any():
             v = int(raw[out].max())
             raise _err(path, f"class id {v} is outside the {meta.num_classes} classes (ids 0-{meta.num_classes - 1},"
-                             f" ignore {meta.ignore_index}); fix the label map or the classes in dataset.json")
+                             f" ignore {meta.ignore_index}); {outside_classes}")
     return raw
 
 
