@@ -35,7 +35,7 @@ FID_UNBIASED_N = 2048  # below this many images FID is noticeably biased upward
 Callback = Callable[[dict], None]
 
 _HIGHER = ("f1", "iou", "acc", "delta", "precision", "recall", "psnr", "ssim")
-_LOWER = ("fid", "kid", "chamfer", "rmse", "abs_rel", "err", "angle", "lpips", "mse", "mae")
+_LOWER = ("fid", "kid", "chamfer", "rmse", "abs_rel", "absrel", "deg", "err", "angle", "lpips", "mse", "mae")
 
 
 def direction(name: str) -> str:

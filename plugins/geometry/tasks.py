@@ -4,7 +4,8 @@ Depth is encoded scale-free: log depth normalised per image to [-1, 1] over its 
 (invalid pixels -1), so metric (toy world, DIODE) and relative depth (disparity) look alike.
 Normals are camera-space unit vectors (+x right, +y up, +z toward the camera), used as they are
 (invalid pixels 0). ``depth-normal`` concatenates normals and depth (repeated to 3 channels) into
-6 channels, the official layout's channel count.
+6 channels, the official layout's channel count. On the toy world, ``alignment`` scores samples through
+the toy-world oracle (depth AbsRel / δ<1.25, normal angular error; docs/oracle.md).
 """
 
 from __future__ import annotations
@@ -34,16 +35,26 @@ def encode_normals(normals):
     return torch.where(norm > 1e-3, n / norm.clamp_min(1e-6), torch.zeros_like(n))
 
 
-def _load_depth(source, cfg):
-    """A depth file (16-bit PNG in mm, float .npy or float TIFF; data-set conventions) -> (1, S, S) metres."""
-    import torch
-
+def _read_depth(source):
+    """A depth file (16-bit PNG in mm, float .npy or float TIFF; data-set conventions) -> (H, W) metres, 0 = unknown."""
     from piti_core.data.readers import read_depth
     from piti_core.data.records import DatasetMeta
-    from piti_plugins.common import as_path, fit_condition
+    from piti_plugins.common import as_path
 
-    depth, _ = read_depth(as_path(source, "a depth map"), DatasetMeta())  # 0 where invalid
+    return read_depth(as_path(source, "a depth map"), DatasetMeta())[0]
+
+
+def _fit_depth(depth, cfg):
+    import torch
+
+    from piti_plugins.common import fit_condition
+
     return fit_condition(torch.from_numpy(depth).float()[None], "depth", cfg)
+
+
+def _load_depth(source, cfg):
+    """A depth file -> (1, S, S) metres, cropped and resized as the data set's depth."""
+    return _fit_depth(_read_depth(source), cfg)
 
 
 def _load_normals(source, cfg):
@@ -56,6 +67,32 @@ def _load_normals(source, cfg):
 
     normals, _ = read_normals(as_path(source, "a normal map"), DatasetMeta())  # 0 where invalid
     return fit_condition(torch.from_numpy(normals).float().permute(2, 0, 1), "normals", cfg)
+
+
+def oracle_geometry(samples, batch, cfg, *, depth_channel: int | None, normal_channels: int | None) -> dict[str, float]:
+    """Depth (``absrel``, ``delta1``) and/or normal (``normal_deg``) alignment through the toy-world oracle.
+
+    Targets: the batch's metric ``depth`` / ``normals`` (with their ``*_valid`` masks) when it holds them,
+    else the condition's channels (``batch["cond"]``). ``{}`` off the toy world (no oracle for other data
+    sets); a missing or damaged oracle raises CheckpointError. See :mod:`piti_core.eval.oracle_metrics`.
+    """
+    from piti_core.eval.oracle import is_toyworld_data
+    from piti_core.eval.oracle_metrics import oracle_alignment
+
+    if not is_toyworld_data(cfg):
+        return {}
+    cond, targets = batch.get("cond"), {}
+    if depth_channel is not None:
+        if "depth" in batch:
+            targets.update(depth=batch["depth"], depth_valid=batch.get("depth_valid"))
+        else:
+            targets["depth_encoded"] = cond[:, depth_channel:depth_channel + 1]
+    if normal_channels is not None:
+        if "normals" in batch:
+            targets.update(normals=batch["normals"], normals_valid=batch.get("normals_valid"))
+        else:
+            targets["normals"] = cond[:, normal_channels:normal_channels + 3]
+    return oracle_alignment(samples, **targets)
 
 
 class DepthTask(Task):
@@ -72,6 +109,10 @@ class DepthTask(Task):
     def preprocess(self, source, cfg):
         return self.encode({"depth": _load_depth(source, cfg)}, cfg).unsqueeze(0)
 
+    def alignment(self, samples, batch, cfg):
+        """Median-scaled AbsRel and δ<1.25 of the toy-world oracle's depth of the samples (toy world only)."""
+        return oracle_geometry(samples, batch, cfg, depth_channel=0, normal_channels=None)
+
 
 class NormalTask(Task):
     name = "normal"
@@ -86,6 +127,10 @@ class NormalTask(Task):
 
     def preprocess(self, source, cfg):
         return self.encode({"normals": _load_normals(source, cfg)}, cfg).unsqueeze(0)
+
+    def alignment(self, samples, batch, cfg):
+        """Mean angle (degrees) between the toy-world oracle's normals of the samples and the conditions'."""
+        return oracle_geometry(samples, batch, cfg, depth_channel=None, normal_channels=0)
 
 
 class DepthNormalTask(Task):
@@ -103,9 +148,27 @@ class DepthNormalTask(Task):
         return torch.cat([encode_normals(sample["normals"]), depth.expand(3, -1, -1)], dim=0)
 
     def preprocess(self, source, cfg):
-        """``source`` is a pair (depth file, normal file)."""
-        if not isinstance(source, (tuple, list)) or len(source) != 2:
-            raise DataError("depth-normal needs two files: a depth map and a normal map")
-        depth, normals = source
-        sample = {"depth": _load_depth(depth, cfg), "normals": _load_normals(normals, cfg)}
+        """A pair (depth file, normal file), or one depth file whose normals are derived from it.
+
+        Derived normals are computed at the file's resolution as the data set's ``normals-from-depth``
+        preprocessor does (finite differences, a 60-degree horizontal field of view).
+        """
+        import torch
+
+        if isinstance(source, (tuple, list)):
+            if len(source) != 2:
+                raise DataError("depth-normal needs a depth map, or a pair (depth map, normal map)")
+            depth, normals = source
+            sample = {"depth": _load_depth(depth, cfg), "normals": _load_normals(normals, cfg)}
+        else:
+            from piti_core.data.preprocess import normals_from_depth
+            from piti_plugins.common import fit_condition
+
+            depth = _read_depth(source)
+            normals = torch.from_numpy(normals_from_depth(depth)).permute(2, 0, 1)
+            sample = {"depth": _fit_depth(depth, cfg), "normals": fit_condition(normals, "normals", cfg)}
         return self.encode(sample, cfg).unsqueeze(0)
+
+    def alignment(self, samples, batch, cfg):
+        """The depth and the normal tasks' metrics together (toy world only)."""
+        return oracle_geometry(samples, batch, cfg, depth_channel=3, normal_channels=0)
