@@ -187,9 +187,9 @@ def model_flops(model, inputs: dict) -> tuple[int, int]:
     train = count_flops(train_step)
     model.eval()
     with torch.no_grad():
-        tokens, pooled = model.encode(inputs["cond"])
-        evaluate = count_flops(lambda: model.decode(inputs["x_t"], inputs["timesteps"], tokens, pooled,
-                                                    inputs.get("low_res")))
+        encoded = model.encode(inputs["cond"])
+        evaluate = count_flops(lambda: model.decode_encoded(inputs["x_t"], inputs["timesteps"], encoded,
+                                                            inputs.get("low_res")))
     return train, evaluate
 
 
@@ -238,11 +238,11 @@ def bench_model(model, inputs: dict, *, device, dtype: str, steps: int, warmup: 
     model.eval()
     notify({"model": name, "phase": "sample"})
     with torch.no_grad(), _autocast(device, dtype):
-        tokens, pooled = model.encode(inputs["cond"])
+        encoded = model.encode(inputs["cond"])
 
         def evaluate():
             with torch.no_grad(), _autocast(device, dtype):
-                model.decode(inputs["x_t"], inputs["timesteps"], tokens, pooled, inputs.get("low_res"))
+                model.decode_encoded(inputs["x_t"], inputs["timesteps"], encoded, inputs.get("low_res"))
 
         with PeakMemory(device) as mem:
             eval_s = _timed(evaluate, steps, warmup, device)

@@ -76,6 +76,10 @@ class EncoderConfig:
     heads: int = field(default=8, validator=_pos)
     cond_size: int = field(default=256, validator=_pos)
     cnn_channels: tuple[int, ...] = field(default=(32, 64, 128, 256), converter=_tuple_of_ints)
+    # A spatial "hint" beside the tokens (not in official PITI; see docs/training.md): 0 = off, else the
+    # width of a small conv stack that maps the condition, resized to the decoder's size, onto the
+    # decoder's first feature map through a zero-initialised conv.
+    hint_channels: int = field(default=0, validator=_nonneg)
 
     def __attrs_post_init__(self):
         if self.cond_size % 16 or self.cond_size < 32:
@@ -174,6 +178,33 @@ class TrainConfig:
     adv_warmup: int = field(default=100, validator=_nonneg)  # steps before the perceptual/adversarial terms
 
 
+def _fraction(inst, attribute, value):
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{attribute.name} must be in (0, 1], got {value}")
+
+
+@frozen
+class FewShotConfig:
+    """Few-shot finetuning of any task from ``shots`` pairs (docs/fewshot.md); ``shots = 0`` is off."""
+
+    shots: int = field(default=0, validator=_nonneg)  # training pairs kept (0: off, every pair)
+    seed: int = 0  # which pairs: a seeded hash of the stems (nested: the 8 shots are in the 16)
+    holdout: int = field(default=4, validator=_nonneg)  # held-out pairs for early stopping (0: none)
+    holdout_from: str = field(default="train", validator=_in("train", "val"))
+    eval_every: int = field(default=25, validator=_pos)  # steps between held-out evaluations
+    patience: int = field(default=4, validator=_pos)  # evaluations without improvement that end a stage
+    # smallest relative decrease of the held-out loss that counts as an improvement
+    min_delta: float = field(default=0.001, validator=attrs.validators.and_(_nonneg, attrs.validators.lt(1.0)))
+    eval_timesteps: int = field(default=8, validator=_pos)  # fixed timesteps per held-out pair
+    stage1_mult: float = field(default=2.0, validator=_pos)  # x train.stage1_steps and stage1_cont_steps
+    stage2_mult: float = field(default=0.25, validator=_nonneg)  # x train.stage2_steps
+    upsampler_mult: float = field(default=0.5, validator=_nonneg)  # x train.upsampler_steps
+    decoder_lr_mult: float = field(default=0.1, validator=_pos)  # x the decoder LR of stage 2 / upsampler
+    crop_scale: float = field(default=0.6, validator=_fraction)  # smallest crop area of the random zoom
+    rotate: float = field(default=10.0, validator=attrs.validators.and_(_nonneg, attrs.validators.le(30.0)))
+    color_jitter: float = field(default=0.1, validator=attrs.validators.and_(_nonneg, attrs.validators.le(0.5)))
+
+
 @frozen
 class PitiConfig:
     preset: str = "glide"
@@ -188,6 +219,7 @@ class PitiConfig:
     sample: SampleConfig = SampleConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    fewshot: FewShotConfig = FewShotConfig()
     tasks: Mapping[str, Any] = field(factory=dict)  # task-plugin sections, validated objects
 
     def task_options(self, name: str):
@@ -204,6 +236,7 @@ SECTIONS: dict[str, type] = {
     "sample": SampleConfig,
     "data": DataConfig,
     "train": TrainConfig,
+    "fewshot": FewShotConfig,
 }
 SCALARS = ("preset", "task")
 
@@ -219,7 +252,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "upsampler": dict(image_size=64, in_channels=6, model_channels=32, num_res_blocks=1,
                           channel_mult=(1, 1, 2), attention_resolutions=(16,), num_head_channels=32,
                           dropout=0.0, super_res=32),
-        "encoder": dict(width=128, layers=2, heads=4, cond_size=64, cnn_channels=(16, 32, 64, 128)),
+        "encoder": dict(width=128, layers=2, heads=4, cond_size=64, cnn_channels=(16, 32, 64, 128), hint_channels=32),
         # 128 bytes hold a whole toy-world caption (the shipped prior was made with 32, which cut most)
         "text": dict(layers=2, heads=4, context_length=128),
         "sample": dict(steps="50", upsampler_steps="fast27"),
@@ -279,7 +312,9 @@ def _build_section(cls: type, base: Any, values: Mapping[str, Any], prefix: str)
     try:
         return attrs.evolve(base, **changes) if base is not None else cls(**changes)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad value in [{prefix}]: {exc}") from None
+        # attrs' built-in validators put (message, attribute, ...) in args: show only the message
+        msg = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else str(exc)
+        raise ConfigError(f"bad value in [{prefix}]: {msg}") from None
 
 
 def _merge(dst: dict, src: Mapping, where: str) -> None:
@@ -402,7 +437,23 @@ def config_from_json(text: str, extra_sections: Mapping[str, type] | None = None
     for key in data:  # a run may hold sections of tasks whose plugin is not installed here
         if key not in SECTIONS and key not in SCALARS and key not in extra:
             raise ConfigError(f"config has section '{key}' but no installed task declares it")
-    return resolve_config(data=data, extra_sections=extra)
+    return resolve_config(data=_with_class_defaults(data), extra_sections=extra)
+
+
+def _with_class_defaults(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Keys a saved config lacks were added to piti after it was written: give them the class default
+    (which keeps the old behaviour, e.g. ``encoder.hint_channels = 0``), never the preset's value."""
+    out = dict(data)
+    for section, cls in SECTIONS.items():
+        given = out.get(section, {})
+        if not isinstance(given, Mapping):
+            continue
+        filled = dict(given)
+        for a in attrs.fields(cls):
+            if a.name not in filled and a.default is not attrs.NOTHING:
+                filled[a.name] = a.default.factory() if isinstance(a.default, attrs.Factory) else a.default
+        out[section] = filled
+    return out
 
 
 def save_config(cfg: PitiConfig, path: str | Path) -> None:

@@ -36,7 +36,7 @@ def sample_base(model, cond: torch.Tensor, null: torch.Tensor, cfg, *, sampler: 
 
     def fn(x, t, c):
         with autocast(dev, dtype):
-            return model.decode(x, t, c[0], c[1]).float()
+            return model.decode_encoded(x, t, c).float()
 
     model_fn = guided(fn, tokens, null_tokens, scale, kind=kind)
     size = model.decoder.image_size if hasattr(model.decoder, "image_size") else cfg.model.image_size
@@ -61,11 +61,11 @@ def sample_upsampler(model, low_res: torch.Tensor, cond: torch.Tensor, cfg, *, s
     dev = cond.device
     low = quantize(low_res)
     with autocast(dev, dtype):
-        tokens, pooled = model.encode(cond)
+        encoded = model.encode(cond)
 
     def model_fn(x, t):
         with autocast(dev, dtype):
-            return model.decode(x, t, tokens, pooled, low).float()
+            return model.decode_encoded(x, t, encoded, low).float()
 
     size = cfg.upsampler.image_size
     x = torch.randn((cond.shape[0], 3, size, size), generator=generator, device=dev) * s.upsampler_temperature

@@ -98,7 +98,7 @@ class Task:
         """The PITI task encoder sized by ``cfg.encoder`` for this task's channels."""
         from piti_core.models.encoder import TaskEncoder
 
-        return TaskEncoder.from_config(cfg.encoder, self.condition_spec(cfg).channels)
+        return TaskEncoder.from_config(cfg.encoder, self.condition_spec(cfg).channels, decoder=cfg.model)
 
     def build_dataset(self, cfg: "PitiConfig", split: str, *, image_sizes=None, train: bool = True, callback=None):
         """The data set of ``split`` with the encoded condition under ``"cond"``.

@@ -158,7 +158,7 @@ def assert_task_contract(task, cfg=None, batch_size: int = 2) -> None:
     assert vis.shape == (3, s, s) and vis.min() >= 0 and vis.max() <= 1, "visualize() must give (3,S,S) in [0,1]"
     encoder = task.build_encoder(cfg).eval()
     with torch.no_grad():
-        tokens, pooled = encoder(cond)
+        tokens, pooled = encoder(cond)[:2]
     n = (s // 16) ** 2
     assert tokens.shape == (batch_size, n, cfg.encoder.width), f"encoder tokens shape {tuple(tokens.shape)}"
     assert pooled.shape == (batch_size, cfg.encoder.width), f"encoder pooled shape {tuple(pooled.shape)}"

@@ -104,3 +104,18 @@ def test_parse_override_strings_and_lists():
     assert parse_override('sample.steps="250"') == (["sample", "steps"], "250")
     cfg = resolve_config(overrides=["sample.steps=250"])
     assert cfg.sample.steps == "250"
+
+
+def test_saved_config_missing_a_newer_key_keeps_the_old_behaviour():
+    """A run written before a key existed gets the class default, not the preset's new value."""
+    import json
+
+    from piti_core.config import config_from_json, config_to_json
+
+    data = json.loads(config_to_json(resolve_config("tiny")))
+    assert data["encoder"]["hint_channels"] > 0  # the tiny preset turns the hint on
+    del data["encoder"]["hint_channels"]
+    del data["fewshot"]
+    cfg = config_from_json(json.dumps(data))
+    assert cfg.encoder.hint_channels == 0 and cfg.fewshot.shots == 0
+    assert cfg.model.image_size == 32  # keys the file holds are kept

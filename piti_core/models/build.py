@@ -33,22 +33,27 @@ class PitiModel(nn.Module):
     def super_res(self) -> int:
         return self.decoder.super_res
 
-    def encode(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Condition → (tokens (B, N, width), pooled (B, width))."""
+    def encode(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Condition → (tokens (B, N, width), pooled (B, width)[, spatial hints...])."""
         return self.encoder(cond)
 
     def decode(self, x_t: torch.Tensor, timesteps: torch.Tensor, tokens: torch.Tensor, pooled: torch.Tensor,
-               low_res: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return self.decoder(x_t, timesteps, tokens, pooled, low_res)
+               low_res: Optional[torch.Tensor] = None, hints=None) -> torch.Tensor:
+        return self.decoder(x_t, timesteps, tokens, pooled, low_res, hints=hints)
+
+    def decode_encoded(self, x_t: torch.Tensor, timesteps: torch.Tensor, encoded: tuple,
+                       low_res: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:meth:`decode` with the whole tuple :meth:`encode` returned (tokens, pooled, hints...)."""
+        return self.decoder(x_t, timesteps, encoded[0], encoded[1], low_res, hints=tuple(encoded[2:]) or None)
 
     def forward(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor,
                 low_res: Optional[torch.Tensor] = None) -> torch.Tensor:
-        tokens, pooled = self.encode(cond)
-        return self.decode(x_t, timesteps, tokens, pooled, low_res)
+        return self.decode_encoded(x_t, timesteps, self.encode(cond), low_res)
 
 
 def _task_model(unet_cfg, cfg, cond_channels: int) -> PitiModel:
-    encoder = TaskEncoder.from_config(cfg.encoder, cond_channels, checkpointing=unet_cfg.checkpointing)
+    encoder = TaskEncoder.from_config(cfg.encoder, cond_channels, checkpointing=unet_cfg.checkpointing,
+                                      decoder=unet_cfg)
     return PitiModel(encoder, UNet.from_config(unet_cfg, cond_width=cfg.encoder.width))
 
 

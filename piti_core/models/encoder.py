@@ -53,7 +53,8 @@ class CNN(nn.Module):
 class TaskEncoder(nn.Module):
     """Maps a condition (B, in_channels, cond_size, cond_size) to ``(tokens, pooled)``.
 
-    ``tokens`` is (B, (cond_size/16)², width), ``pooled`` is (B, width).
+    ``tokens`` is (B, (cond_size/16)², width), ``pooled`` is (B, width). With a spatial hint
+    (``hint``: a :class:`~piti_core.models.hint.HintNet`) the output is ``(tokens, pooled, *hints)``.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class TaskEncoder(nn.Module):
         cond_size: int = 256,
         cnn_channels: Sequence[int] = (32, 64, 128, 256),
         checkpointing: bool = False,
+        hint: nn.Module | None = None,
     ):
         super().__init__()
         if cond_size % 16 or cond_size < 32:
@@ -79,6 +81,7 @@ class TaskEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.empty(1, 1, width))
         self.positional_embedding = nn.Parameter(torch.empty(1, self.num_tokens + 1, width))
         self.final_ln = LayerNorm32(width)
+        self.hint = hint
         self.reset_embeddings()
 
     def reset_embeddings(self) -> None:
@@ -87,12 +90,20 @@ class TaskEncoder(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
 
     @classmethod
-    def from_config(cls, enc_cfg, in_channels: int, checkpointing: bool = False) -> "TaskEncoder":
-        """Build from a :class:`piti_core.config.EncoderConfig`."""
-        return cls(in_channels, enc_cfg.width, enc_cfg.layers, enc_cfg.heads, enc_cfg.cond_size,
-                   tuple(enc_cfg.cnn_channels), checkpointing=checkpointing)
+    def from_config(cls, enc_cfg, in_channels: int, checkpointing: bool = False, decoder=None) -> "TaskEncoder":
+        """Build from a :class:`piti_core.config.EncoderConfig`; ``decoder`` (a UNetConfig) sizes the
+        spatial hint when ``enc_cfg.hint_channels`` is set."""
+        hint = None
+        if enc_cfg.hint_channels:
+            from piti_core.models.hint import HintNet, hint_levels
 
-    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if decoder is None:
+                raise ValueError("encoder.hint_channels needs the decoder's config to size the hint")
+            hint = HintNet(in_channels, enc_cfg.hint_channels, decoder.image_size, hint_levels(decoder))
+        return cls(in_channels, enc_cfg.width, enc_cfg.layers, enc_cfg.heads, enc_cfg.cond_size,
+                   tuple(enc_cfg.cnn_channels), checkpointing=checkpointing, hint=hint)
+
+    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
         expected = (self.in_channels, self.cond_size, self.cond_size)
         if cond.dim() != 4 or tuple(cond.shape[1:]) != expected:
             raise DataError(
@@ -105,4 +116,6 @@ class TaskEncoder(nn.Module):
         cls = (self.cls_token + self.positional_embedding[:, :1]).to(x.dtype).expand(x.shape[0], -1, -1)
         x = torch.cat([x, cls], dim=1)  # the CLS token is the LAST position
         x = self.final_ln(self.transformer(x))
+        if self.hint is not None:
+            return (x[:, :-1], x[:, -1], *self.hint(cond))
         return x[:, :-1], x[:, -1]

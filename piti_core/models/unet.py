@@ -187,6 +187,7 @@ class UNet(nn.Module):
         ch = int(channel_mult[0] * model_channels)
         self.input_blocks = nn.ModuleList([Blocks(nn.Conv2d(in_channels, ch, 3, padding=1))])
         skip_chans, ds = [ch], 1
+        self.hint_at = [0]  # input blocks after which a spatial hint is added (input conv, downsamples)
         for level, mult in enumerate(channel_mult):
             for _ in range(num_res_blocks):
                 layers = [res(ch, int(mult * model_channels))]
@@ -198,6 +199,7 @@ class UNet(nn.Module):
             if level != len(channel_mult) - 1:
                 down = res(ch, ch, down=True) if resblock_updown else Downsample(ch, True)
                 self.input_blocks.append(Blocks(down))
+                self.hint_at.append(len(self.input_blocks) - 1)
                 skip_chans.append(ch)
                 ds *= 2
         self.middle_block = Blocks(res(ch, ch), attn(ch), res(ch, ch))
@@ -248,9 +250,11 @@ class UNet(nn.Module):
         tokens: Optional[torch.Tensor] = None,
         pooled: Optional[torch.Tensor] = None,
         low_res: Optional[torch.Tensor] = None,
+        hints: Optional[Sequence[torch.Tensor]] = None,
     ) -> torch.Tensor:
         """x (B, C, H, W), timesteps (B,) original 0..T-1 indices (float), tokens (B, N, cond_width),
-        pooled (B, cond_width), low_res (B, C, h, w) for the super-resolution variant."""
+        pooled (B, cond_width), low_res (B, C, h, w) for the super-resolution variant, hints (one map
+        per entry of ``hint_at``, see :mod:`piti_core.models.hint`)."""
         if self.super_res:
             if low_res is None:
                 raise DataError("the upsampler needs a low-resolution image (low_res)")
@@ -267,9 +271,14 @@ class UNet(nn.Module):
         h = x.to(self.dtype)
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
+        if hints is not None and len(hints) != len(self.hint_at):
+            raise DataError(f"the UNet takes {len(self.hint_at)} spatial hints, got {len(hints)}")
+        hints = dict(zip(self.hint_at, hints)) if hints else {}
         hs = []
-        for block in self.input_blocks:
+        for i, block in enumerate(self.input_blocks):
             h = self._run(block, h, emb, tokens)
+            if i in hints:
+                h = h + hints[i].to(h.dtype)
             hs.append(h)
         h = self._run(self.middle_block, h, emb, tokens)
         for block in self.output_blocks:

@@ -9,8 +9,9 @@ from piti_core.models.encoder import TaskEncoder
 
 
 def test_tiny_and_glide_token_counts():
-    tiny = TaskEncoder.from_config(resolve_config(preset="tiny").encoder, 3)
-    tokens, pooled = tiny(torch.randn(2, 3, 64, 64))
+    cfg = resolve_config(preset="tiny")
+    tiny = TaskEncoder.from_config(cfg.encoder, 3, decoder=cfg.model)
+    tokens, pooled = tiny(torch.randn(2, 3, 64, 64))[:2]
     assert tokens.shape == (2, 16, 128) and pooled.shape == (2, 128)
     with torch.device("meta"):
         glide = TaskEncoder.from_config(resolve_config(preset="glide").encoder, 1)

@@ -55,10 +55,10 @@ def test_encode_decode_equals_forward_and_scalar_timestep(tiny):
     model = _randomize(build_base(tiny, 3)).eval()
     x, _, cond = _batch(tiny)
     with torch.no_grad():
-        tokens, pooled = model.encode(cond)
+        tokens, pooled, *hints = model.encode(cond)
         assert tokens.shape == (2, (tiny.encoder.cond_size // 16) ** 2, tiny.encoder.width)
         a = model(x, torch.tensor([5.0, 5.0]), cond)
-        b = model.decode(x, torch.tensor(5.0), tokens, pooled)
+        b = model.decode(x, torch.tensor(5.0), tokens, pooled, hints=hints or None)
     torch.testing.assert_close(a, b)
     assert a.abs().max() > 0
 
