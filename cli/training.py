@@ -86,16 +86,21 @@ class Display:
             now = time.time()
             if self.stage_t0 is None:
                 self.stage_t0, self.stage_s0 = now, event["step"] - 1
-            done = event["step"] - self.stage_s0
-            rate = done / max(now - self.stage_t0, 1e-9)
-            info = f"loss {event['loss']:.4f}  {rate:.2f} it/s"
+            # the clock starts at the first step's end: that step's own time is unknown, so the rate
+            # counts the steps after it (and is not shown before there is one)
+            done, elapsed = event["step"] - 1 - self.stage_s0, now - self.stage_t0
+            rate = done / elapsed if done > 0 and elapsed > 0 else None
+            info = f"loss {event['loss']:.4f}  " + (f"{rate:.2f} it/s" if rate else "-- it/s")
             self.bar.update(self.task, completed=event["step"], info=info)
             if not self.console.is_terminal and (event["step"] % 50 == 0 or event["step"] == event["steps"]):
-                eta = (event["steps"] - event["step"]) / max(rate, 1e-9)
-                self.console.print(f"{event['stage']} {event['step']}/{event['steps']}  {info}  eta {eta:.0f} s",
+                eta = f"{(event['steps'] - event['step']) / rate:.0f} s" if rate else "--"
+                self.console.print(f"{event['stage']} {event['step']}/{event['steps']}  {info}  eta {eta}",
                                    markup=False, soft_wrap=True)
         elif kind in ("toyworld", "preprocess"):
             self._data_progress(event)
+        elif kind == "heldout":
+            self._once(f"{event['stage']} step {event['step']}: held-out loss {event['heldout_loss']:.4f} "
+                       f"(best {event['best_heldout_loss']:.4f} at step {event['best_step']})")
         elif kind == "skip":
             self._once(f"skipped bad pair {event['count']}: {event['problem']}")
         elif kind in ("preview", "resume", "message", "skip-stage"):
@@ -137,7 +142,7 @@ class Display:
 
 
 def run_training(config, *, task, stages, prior_dir, default_name: str, next_hint, out, resume, overwrite, data,
-                 skip_bad, device, dtype, no_preview, source: str = "train") -> None:
+                 skip_bad, device, dtype, no_preview, source: str = "train", scratch: bool = False) -> None:
     import torch
 
     from piti_core.train.finetune import train
@@ -162,7 +167,7 @@ def run_training(config, *, task, stages, prior_dir, default_name: str, next_hin
     try:
         train(cfg, task=task, run_dir=run_dir, stages=stages, prior_dir=prior_dir, resume=resume, overwrite=overwrite,
               device=device, callback=display, should_stop=lambda: stop["flag"], previews=not no_preview,
-              source=source)
+              source=source, scratch=scratch)
     except Interrupted as exc:
         display.close()
         click.echo(f"{exc}; resume with: piti {click.get_current_context().info_name} --out {run_dir} --resume "

@@ -84,7 +84,12 @@ class _Staging:
 
         if not isinstance(task, Task):
             raise PluginError(f"register_tasks got {type(task).__name__}, expected a piti_core.tasks.Task")
-        self._add("tasks", getattr(task, "name", ""), task)
+        from piti_core.config import SCALARS, SECTIONS
+
+        name = getattr(task, "name", "")
+        if name in SECTIONS or name in SCALARS:  # its [name] options would clash with the core section
+            raise PluginError(f"task name '{name}' is reserved (a core config section); rename the task")
+        self._add("tasks", name, task)
 
     def named(self, kind: str) -> Callable[[str, Any], None]:
         def register(name: str, obj: Any) -> None:

@@ -10,7 +10,8 @@ Order of operations for one sample (all fields share the source resolution at st
    (a thin edge survives downsampling) and nearest when enlarging.
 3. **augment** jointly with :class:`kornia.augmentation.AugmentationSequential` (image as "input",
    conditions as "mask" so any geometric augmentation uses nearest for them): horizontal flip with
-   p = 0.5 in training. A flip mirrors the scene, so the x component of every normal vector is negated.
+   p = 0.5 in training. A flip mirrors the scene, so the x component of every normal vector is negated;
+   an in-plane rotation (few-shot training, docs/fewshot.md) turns the (x, y) part of the normals with it.
 4. **shrink** each field from the work size to its own size (the image of a two-size request is
    downsampled from the large one, as the official two-step 256 -> 64 resize).
 
@@ -81,8 +82,10 @@ class JointAugment:
 
     ``augmentations`` default to a horizontal flip with probability ``p_flip``. The image goes in as
     "input"; the conditions are stacked into one float "mask" (so geometric augmentations resample
-    them with nearest, and kornia runs once), then split and cast back. When the flip fired, the x
-    component of "normals" is negated.
+    them with nearest, and kornia runs once), then split and cast back. Intensity augmentations
+    (colour jitter) touch the image only. "normals" vectors follow the geometry: a flip negates their x
+    component, a rotation (``RandomRotation`` / ``RandomAffine``) turns their (x, y) part by the same
+    angle, in the order the augmentations ran.
     """
 
     def __init__(self, augmentations=None, p_flip: float = 0.5):
@@ -105,19 +108,38 @@ class JointAugment:
             image, parts = seq(image, params=params), []
         out = {"image": image[0]}
         out.update({k: p.to(fields[k].dtype) for k, p in zip(others, parts)})
-        if "normals" in out and _flipped(params):
-            out["normals"] = out["normals"].clone()
-            out["normals"][0] = -out["normals"][0]
+        if "normals" in out:
+            m = _normals_matrix(params)
+            if m is not None:
+                n = out["normals"]
+                out["normals"] = torch.cat([torch.einsum("ij,jhw->ihw", m.to(n.dtype), n[:2]), n[2:]])
         return out
 
 
-def _flipped(params) -> bool:
-    """Whether an odd number of horizontal flips fired in ``params``."""
-    n = 0
+def _normals_matrix(params) -> torch.Tensor | None:
+    """The 2×2 map of the normals' (x right, y up) components for the augmentations that fired in
+    ``params`` (in order), or None when none changes them."""
+    import math
+
+    m, changed = torch.eye(2, dtype=torch.float64), False
     for p in params:
+        data = p.data if isinstance(p.data, dict) else {}
+        if not data or not bool(data["batch_prob"].flatten()[0] > 0.5):
+            continue
         if p.name.startswith("RandomHorizontalFlip"):
-            n += int(bool(p.data["batch_prob"].flatten()[0] > 0.5))
-    return n % 2 == 1
+            step = torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        elif p.name.startswith("RandomVerticalFlip"):
+            step = torch.tensor([[1.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+        elif p.name.startswith(("RandomRotation", "RandomAffine")):
+            # kornia turns the picture counter-clockwise for RandomRotation's positive "degrees" and
+            # clockwise for RandomAffine's positive "angle" (checked by tests/train/test_fewshot.py)
+            deg = float(data["degrees"].flatten()[0]) if "degrees" in data else -float(data["angle"].flatten()[0])
+            a = math.radians(deg)
+            step = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
+        else:
+            continue
+        m, changed = step @ m, True
+    return m.float() if changed else None
 
 
 def prepare(arrays: Mapping[str, np.ndarray], *, image_sizes: tuple[int, ...], cond_size: int,

@@ -5,7 +5,9 @@ Run directory::
     RUN/
       config.json          the resolved config (written first)
       progress.json        stages finished so far
-      metrics.jsonl        one JSON object per logged step {"stage", "step", "loss", ...}
+      metrics.jsonl        one JSON object per logged step {"stage", "step", "loss", ...}, and per held-out
+                           evaluation of early stopping {"stage", "step", "heldout_loss", ...}
+      fewshot.json         few-shot runs: the training and held-out stems (piti_core.train.fewshot)
       samples/             preview grids: condition | sample | ground truth
       stages/<stage>.safetensors   EMA weights at the end of each stage
       checkpoints/         trainer checkpoints (see checkpoint.py); the last ``train.keep_checkpoints``
@@ -31,7 +33,8 @@ from piti_core.train.recipe import Stage
 
 Callback = Callable[[dict], None]
 RUN_ENTRIES = ("config.json", "progress.json", "metrics.jsonl", "samples", "stages", "checkpoints", "run.json",
-               "base.safetensors", "upsampler.safetensors", "text_base.safetensors", "text_upsampler.safetensors")
+               "fewshot.json", "base.safetensors", "upsampler.safetensors", "text_base.safetensors",
+               "text_upsampler.safetensors")
 
 
 class Interrupted(Exception):
@@ -137,11 +140,13 @@ def load_stage_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:
 def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tuple], tcfg, device, dtype,
               callback: Callback | None, should_stop: Callable[[], bool], preview: Callable | None = None,
               rank: int = 0, world: int = 1, wrap: Callable | None = None,
-              num_workers: int = 0) -> dict[str, torch.Tensor]:
+              num_workers: int = 0, monitor=None) -> dict[str, torch.Tensor]:
     """Train one stage (resuming from its latest checkpoint) and return its EMA model state.
 
     ``build()`` returns ``(model, groups, objective, dataset, frozen_modules)``; it is called with the
     global RNG seeded from the stage, so a fresh start and a resume build the same initial model.
+    ``monitor``: an :class:`~piti_core.train.early_stop.EarlyStopping`; its evaluations go to the
+    metrics log, it may end the stage early, and the stage then returns its best weights.
     """
     torch.manual_seed(step_seed(tcfg.seed, index, 2**31))
     model, groups, objective, dataset, frozen = build()
@@ -150,6 +155,8 @@ def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tu
     trainer = Trainer(model=model, groups=groups, loss_fn=objective, stream=stream, tcfg=tcfg, device=device,
                       dtype=dtype, stage_index=index, aux=objective.aux(), rank=rank,
                       ddp_model=wrap(model) if wrap else None)
+    if monitor is not None:
+        trainer.aux[monitor.name] = monitor  # checkpointed with the trainer: resume stays exact
     log = RunLog(run_dir, rank)
     ckpt_root = Path(run_dir) / "checkpoints"
     latest = latest_checkpoint(ckpt_root)
@@ -174,7 +181,20 @@ def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tu
 
     deadline = time.monotonic() + 60 * tcfg.stage_minutes if tcfg.stage_minutes > 0 else None
     last: dict = {}
-    while trainer.step < stage.steps:
+
+    def heldout() -> bool:
+        row = monitor.evaluate(trainer, trainer.step)
+        log.metrics({"stage": stage.name, "step": trainer.step, **row})
+        _emit(callback, event="heldout", stage=stage.name, step=trainer.step, **row)
+        stop = monitor.stopped = _agreed(monitor.stopped, world)
+        if stop:
+            _emit(callback, event="message", message=f"stage {stage.name}: held-out loss did not improve for "
+                  f"{monitor.patience} evaluations; stopped at step {trainer.step}, keeping step {monitor.best_step}")
+        return stop
+
+    if monitor is not None and monitor.evals == 0 and trainer.step < stage.steps:
+        heldout()  # the starting weights count too: a stage that only makes things worse keeps them
+    while trainer.step < stage.steps and not (monitor is not None and monitor.stopped):
         if deadline is not None and _agreed(time.monotonic() > deadline, world):
             _emit(callback, event="message", message=f"stage {stage.name}: time budget of {tcfg.stage_minutes} min "
                                                      f"reached at step {trainer.step} of {stage.steps}")
@@ -197,9 +217,15 @@ def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tu
         if preview is not None and rank == 0 and (step % tcfg.sample_every == 0 or step == stage.steps):
             path = preview(stage, step, trainer)
             _emit(callback, event="preview", stage=stage.name, step=step, path=str(path))
+        if monitor is not None and (monitor.due(step) or step == stage.steps) and heldout():
+            break
         if step % tcfg.save_every == 0 and step < stage.steps:
             checkpoint()
     state = trainer.ema_model_state()
+    if monitor is not None:
+        if not monitor.stopped and monitor.last_step != trainer.step:  # e.g. ended by train.stage_minutes
+            heldout()
+        state = monitor.best_state(state)
     if rank == 0:
         save_stage_weights(run_dir, stage, state)
         log.mark_done(stage.name)
