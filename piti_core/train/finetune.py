@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from piti_core.errors import CheckpointError
+from piti_core.errors import CheckpointError, UsageError
 from piti_core.train.recipe import Stage, piti_stages, pretrain_stages, select
 from piti_core.train.session import (Callback, RunLog, finished_models, load_stage_weights, prepare_run_dir,
                                     run_stage)
@@ -107,11 +107,12 @@ def _upsampler_parts(cfg, device):
 
 
 def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, device, world: int = 1,
-                callback: Callback | None = None, datasets: dict | None = None):
+                callback: Callback | None = None, datasets: dict | None = None, fewshot=None):
     """A zero-argument builder for :func:`run_stage`.
 
     ``datasets`` caches the training sets by (size, kind), so the three base stages index and
-    validate the data set once.
+    validate the data set once. ``fewshot`` (a :class:`~piti_core.train.fewshot.FewShot`) narrows
+    the training set to the few-shot pairs with their strong augmentation.
     """
     datasets = {} if datasets is None else datasets
     from piti_core.models.build import build_model
@@ -141,17 +142,24 @@ def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, d
         null = _caption_null if text else task.null_condition
         objective = DiffusionObjective(stage, cfg, null_condition=null, degrade=degrade, perceptual=perceptual,
                                        adversarial=adversarial, world=world)
-        size = (cfg.upsampler if kind == "upsampler" else cfg.model).image_size
-        key = (size, text)
-        if key not in datasets:
-            datasets[key] = _dataset(cfg, task, "train", size, text, callback=callback)
-        dataset = datasets[key]
+        dataset = training_set(stage, cfg, task, datasets, callback)
+        if fewshot is not None and not text:
+            dataset = fewshot.training_set(dataset, world)
         if not text and len(dataset):
             first = dataset[0]
             task.check_condition(first["cond"], cfg, f"{cfg.data.root or 'toy world'} ({first.get('stem', 0)})")
         return model, groups, objective, dataset, frozen
 
     return build
+
+
+def training_set(stage: Stage, cfg, task, datasets: dict, callback: Callback | None = None):
+    """The full training set of ``stage``, built once per (size, kind) into ``datasets``."""
+    text = stage.model.startswith("text_")
+    size = (cfg.upsampler if stage.model.endswith("upsampler") else cfg.model).image_size
+    if (size, text) not in datasets:
+        datasets[(size, text)] = _dataset(cfg, task, "train", size, text, callback=callback)
+    return datasets[(size, text)]
 
 
 def _caption_null(tokens: torch.Tensor) -> torch.Tensor:
@@ -222,18 +230,32 @@ def make_preview(cfg, task, run_dir: Path, device, n: int = 4):
 # ------------------------------------------------------------------------------------------ entry points
 def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, resume: bool, overwrite: bool,
           device: str = "cpu", callback: Callback | None = None, should_stop: Callable[[], bool] = lambda: False,
-          previews: bool = True, source: str = "train") -> Path:
-    """Run ``stages`` into ``run_dir`` and write the finished run; returns ``run_dir``."""
+          previews: bool = True, source: str = "train", scratch: bool = False) -> Path:
+    """Run ``stages`` into ``run_dir`` and write the finished run; returns ``run_dir``.
+
+    ``scratch=True`` (``piti train --prior none``) starts every decoder from its random (seeded)
+    initialisation instead of a prior: the "trained from scratch" baseline of PITI's comparison.
+    """
     from piti_core.config import save_config
     from piti_core.precision import resolve_dtype
     from piti_core.runs import save_run
     from piti_core.train.distributed import device_for, init_distributed, shutdown, wrapper
 
+    if scratch and prior_dir is not None:
+        raise UsageError(f"a run from scratch takes no prior, got {prior_dir}; drop one of the two")
     run_dir = Path(run_dir)
     dev0 = torch.device(device)
     info = init_distributed(dev0)
     dev = device_for(info, device)
     dtype = resolve_dtype(cfg.train.dtype, dev)
+    datasets: dict = {}
+    fewshot = None
+    if task is not None and cfg.fewshot.shots > 0 and stages:
+        from piti_core.train.fewshot import FewShot
+
+        fewshot = FewShot(cfg, task, run_dir, rank=info.rank, callback=callback if info.rank == 0 else None)
+        # pick the pairs first: too few of them is refused before the run directory is touched
+        fewshot.choose_pairs(training_set(stages[0], cfg, task, datasets, callback if info.rank == 0 else None))
     if info.rank == 0:
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
         if not resume:
@@ -242,15 +264,17 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
         import torch.distributed as dist
 
         dist.barrier()
-    prior = prior_decoders(prior_dir, cfg) if prior_dir is not None or any(
+    prior = None if scratch else prior_decoders(prior_dir, cfg) if prior_dir is not None or any(
         not s.model.startswith("text_") for s in stages) else None
     done = set(RunLog(run_dir).progress()["done"])
     preview = make_preview(cfg, task, run_dir, dev) if previews else None
     results: dict[str, dict] = {}
-    datasets: dict = {}
     all_stages = [s.name for s in stages]
     _emit(callback, event="plan", stages=all_stages, device=str(dev), dtype=str(dtype).replace("torch.", ""),
           world=info.world)
+    if scratch and any(not s.trains_decoder for s in stages):
+        _emit(callback, event="message", message="from scratch: the encoder-only stages train against a random, "
+              "frozen decoder; a from-scratch baseline usually sets train.stage1_steps=0 train.stage1_cont_steps=0")
     try:
         for stage in stages:
             if stage.name in done:
@@ -258,17 +282,21 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
                 _emit(callback, event="skip-stage", stage=stage.name)
                 continue
             build = build_stage(stage, cfg, task=task, run_dir=run_dir, prior=prior, device=dev, world=info.world,
-                                callback=callback if info.rank == 0 else None, datasets=datasets)
+                                callback=callback if info.rank == 0 else None, datasets=datasets, fewshot=fewshot)
             results[stage.model] = run_stage(stage, stage.index, run_dir=run_dir, build=build, tcfg=cfg.train, device=dev,
                                              dtype=dtype, callback=callback, should_stop=should_stop,
                                              preview=preview, rank=info.rank, world=info.world,
-                                             wrap=wrapper(info, dev), num_workers=cfg.data.num_workers)
+                                             wrap=wrapper(info, dev), num_workers=cfg.data.num_workers,
+                                             monitor=fewshot.monitor(stage) if fewshot is not None else None)
         if info.rank == 0:
             channels = None if task is None else task.condition_spec(cfg).channels
             models = {**finished_models(run_dir), **results}  # stages run earlier with --stage count too
             done_now = RunLog(run_dir).progress()["done"]
+            extra = {"stages": done_now, "prior": "none" if scratch else str(prior_dir) if prior_dir else None}
+            if fewshot is not None:
+                extra["fewshot"] = fewshot.summary()
             save_run(run_dir, cfg, models, task=task.name if task else "", cond_channels=channels, source=source,
-                     extra={"stages": done_now, "prior": str(prior_dir) if prior_dir else None})
+                     extra=extra)
     finally:
         shutdown(info)
     return run_dir
@@ -280,7 +308,12 @@ def _emit(callback, **event):
 
 
 def finetune_stages(cfg, only: str | None = None) -> list[Stage]:
-    return select(piti_stages(cfg.train), only)
+    stages = piti_stages(cfg.train)
+    if cfg.fewshot.shots > 0:  # longer encoder stages, short decoder stages at a lower LR (docs/fewshot.md)
+        from piti_core.train.fewshot import fewshot_stages
+
+        stages = fewshot_stages(stages, cfg.fewshot)
+    return select(stages, only)
 
 
 def prior_stages(cfg, only: str | None = None) -> list[Stage]:
