@@ -13,7 +13,8 @@ from piti_cli.training import common_train_options, run_training
 @click.command("train")
 @task_option()
 @click.option("--prior", type=click.Path(file_okay=False), default=None,
-              help="Prior run directory (default: the prior shipped for the preset).")
+              help="Prior run directory (default: the prior shipped for the preset); 'none': random decoders "
+                   "(train from scratch, the baseline; ./none for a folder of that name).")
 @click.option("--stage", default=None, help="Run only this stage: stage1, stage1-cont, stage2, upsampler.")
 @common_train_options
 @config_options(default_preset="tiny")
@@ -27,9 +28,12 @@ def command(task: str, prior: str | None, stage: str | None, config, **opts) -> 
     from piti_core.train.finetune import finetune_stages, shipped_prior
 
     the_task = get_plugin_manager().task(task)
-    prior_dir = Path(prior) if prior else shipped_prior(config.preset)
-    if prior is None and prior_dir is not None:
+    scratch = prior == "none"
+    prior_dir = None if scratch else Path(prior) if prior else shipped_prior(config.preset)
+    if scratch:
+        click.echo("prior: none (decoders start from random weights)", err=True)
+    elif prior is None and prior_dir is not None:
         click.echo(f"prior: shipped {config.preset} prior ({prior_dir})", err=True)
     stages = finetune_stages(config, stage)
     run_training(config, task=the_task, stages=stages, prior_dir=prior_dir, default_name=f"{task}-{config.preset}",
-                 next_hint=lambda run: f"piti sample --run {run} --input <condition file>", **opts)
+                 next_hint=lambda run: f"piti sample --run {run} --input <condition file>", scratch=scratch, **opts)
