@@ -256,7 +256,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 128 bytes hold a whole toy-world caption (the shipped prior was made with 32, which cut most)
         "text": dict(layers=2, heads=4, context_length=128),
         "sample": dict(steps="50", upsampler_steps="fast27"),
-        "train": dict(batch_size=8, lr=2e-4, cont_lr=1e-4, decoder_lr=1e-4, upsampler_lr=1e-4, pretrain_lr=3e-4,
+        "train": dict(batch_size=8, lr=1e-3, cont_lr=5e-4, decoder_lr=3e-4, upsampler_lr=1e-4, pretrain_lr=3e-4,
                       ema_rate=0.999, stage1_steps=300,
                       stage1_cont_steps=100, stage2_steps=300, upsampler_steps=300, pretrain_steps=2000,
                       log_every=10, sample_every=200, save_every=200, disc_channels=16, adv_warmup=50),
