@@ -68,6 +68,16 @@ def progress(total: int | None, description: str, *, transient: bool = False) ->
         yield advance
 
 
+def multi_bar(console: Console):
+    """A started rich Progress for several bars (description, bar, n/total, ETA); hidden off a terminal."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), console=console, disable=not console.is_terminal)
+    bar.start()
+    return bar
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

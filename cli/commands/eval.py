@@ -108,11 +108,9 @@ class _Progress:
         self.bar = self.images = self.steps = self.key = None
 
     def __enter__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from piti_cli.ui import multi_bar
 
-        self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TimeRemainingColumn(), console=self.console, disable=not self.console.is_terminal)
-        self.bar.start()
+        self.bar = multi_bar(self.console)
         return self
 
     def __call__(self, event: dict) -> None:
