@@ -32,6 +32,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "eval": "eval",
     "convert": "convert",
     "bench": "bench",
+    "demo": "demo",
 }
 
 

@@ -1,0 +1,340 @@
+"""`piti demo`: the HTTP API against a server on port 0 in a thread, and one headless-Chromium run."""
+
+import io
+import json
+import shutil
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from piti_core.demo.server import DemoApp, make_server
+
+FAST = "steps=3&upsampler_steps=2&seed=1"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    import torch
+
+    from piti_core.config import resolve_config
+    from piti_core.models.build import build_base, build_upsampler
+    from piti_core.plugins import PluginHost
+    from piti_core.runs import save_run
+
+    host = PluginHost()
+    host.load_entry_points()
+    cfg = resolve_config(preset="tiny", overrides=["encoder.layers=1", "encoder.width=32", "encoder.heads=2",
+                                                   "encoder.cnn_channels=8,8,16,16"],
+                         extra_sections=host.task_sections())
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("run") / "sketch-tiny"
+    save_run(out, cfg, {"base": build_base(cfg, 1), "upsampler": build_upsampler(cfg, 1)}, task="sketch",
+             cond_channels=1, source="test")
+    return out
+
+
+class GatedApp(DemoApp):
+    """Holds each generation until the test opens the gate, so queueing is checked without timing."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate, self.started = threading.Event(), threading.Event()
+        self.gate.set()
+
+    def _generate(self, job, progress):
+        self.started.set()
+        self.gate.wait()
+        return super()._generate(job, progress)
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    app = GatedApp(run_dir, device="cpu", max_upload=64 * 1024)
+    srv = make_server(app, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield app, f"http://127.0.0.1:{srv.server_address[1]}"
+    app.gate.set()
+    srv.shutdown()
+    srv.server_close()
+    app.close()
+    assert not app.tmp.exists()  # user files are removed with the server
+
+
+def _png(size=(96, 80)) -> bytes:
+    arr = np.full(size[::-1], 255, np.uint8)
+    arr[30:34, 10:80] = 0
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _call(url, data=None):
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as res:
+            return res.status, res.read(), res.headers.get("Content-Type")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers.get("Content-Type")
+
+
+def _wait(base, job):
+    """Poll until the job ends (the worker's progress is the clock; no timed assertion)."""
+    for _ in range(2000):
+        status = json.loads(_call(f"{base}/api/jobs/{job}")[1])
+        if status["state"] in ("done", "error"):
+            return status
+        threading.Event().wait(0.05)
+    raise AssertionError(f"job {job} did not finish: {status}")
+
+
+def test_page_and_info(server):
+    app, base = server
+    code, body, ctype = _call(base + "/")
+    assert code == 200 and ctype.startswith("text/html") and b'id="draw"' in body
+    info = json.loads(_call(base + "/api/info")[1])
+    assert info["task"] == "sketch" and info["kind"] == "sketch" and info["models"] == ["base", "upsampler"]
+    assert info["defaults"]["steps"] == app.config.sample.steps
+
+
+def test_generate_returns_images_of_the_run_sizes(server, run_dir):
+    app, base = server
+    code, body, _ = _call(f"{base}/api/generate?{FAST}&guidance=normalized&guidance_scale=2", _png())
+    assert code == 202, body
+    status = _wait(base, json.loads(body)["job"])
+    assert status["state"] == "done", status["error"]
+    assert status["settings"]["guidance"] == "normalized" and status["settings"]["steps"] == "3"
+    assert "--guidance normalized" in status["command"] and "--seed 1" in status["command"]
+    sizes = {}
+    for name in ("condition", "base", "image"):
+        code, data, ctype = _call(base + status["images"][name])
+        assert code == 200 and ctype == "image/png"
+        sizes[name] = Image.open(io.BytesIO(data)).size
+    assert sizes["base"] == (app.config.model.image_size,) * 2
+    assert sizes["image"] == (app.config.upsampler.image_size,) * 2
+    code, data, _ = _call(base + status["images"]["input"])
+    assert code == 200 and data == _png()
+
+
+def test_shown_command_makes_the_same_image(server, tmp_path):
+    import shlex
+
+    from click.testing import CliRunner
+
+    from piti_cli.main import cli
+
+    _, base = server
+    body = _call(f"{base}/api/generate?{FAST}&seed=5&sampler=ddim", _png())[1]
+    status = _wait(base, json.loads(body)["job"])
+    (tmp_path / "input.png").write_bytes(_call(base + status["images"]["input"])[1])
+    args = shlex.split(status["command"])
+    assert args[:2] == ["piti", "sample"]
+    args[args.index("--input") + 1] = str(tmp_path / "input.png")
+    res = CliRunner().invoke(cli, [*args[1:], "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    shown = np.asarray(Image.open(io.BytesIO(_call(base + status["images"]["image"])[1])))
+    assert np.array_equal(shown, np.asarray(Image.open(tmp_path / "out" / "input.png")))
+
+
+def test_bad_upload_type_is_refused(server):
+    _, base = server
+    code, body, _ = _call(f"{base}/api/generate?{FAST}", b"%PDF-1.4 not an image")
+    assert code == 415 and "unsupported file type" in json.loads(body)["error"]
+
+
+def test_oversized_upload_is_refused(server):
+    app, base = server
+    big = _png() + b"\0" * (app.max_upload + 1)
+    code, body, _ = _call(f"{base}/api/generate?{FAST}", big)
+    assert code == 413 and "too large" in json.loads(body)["error"]
+
+
+def test_bad_settings_are_one_line_errors(server):
+    _, base = server
+    code, body, _ = _call(f"{base}/api/generate?sampler=magic", _png())
+    assert code == 400 and "sampler must be one of" in json.loads(body)["error"]
+
+
+def test_failing_generation_shows_its_error_and_the_server_goes_on(server):
+    _, base = server
+    broken = b"\x89PNG\r\n\x1a\n" + b"broken"  # PNG magic, unreadable image
+    code, body, _ = _call(f"{base}/api/generate?{FAST}", broken)
+    status = _wait(base, json.loads(body)["job"])
+    assert status["state"] == "error" and status["error"] and "\n" not in status["error"]
+    code, body, _ = _call(f"{base}/api/generate?{FAST}", _png())
+    assert _wait(base, json.loads(body)["job"])["state"] == "done"
+
+
+def test_concurrent_requests_are_queued(server):
+    app, base = server
+    app.gate.clear()
+    app.started.clear()
+    try:
+        first = json.loads(_call(f"{base}/api/generate?{FAST}", _png())[1])["job"]
+        assert app.started.wait(60)  # the first job is running (held at the gate)
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(_call(f"{base}/api/generate?{FAST}", _png())))
+                   for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        positions = sorted(json.loads(r[1])["position"] for r in results)
+        assert positions == [1, 2]
+        assert json.loads(_call(f"{base}/api/jobs/{first}")[1])["state"] == "running"
+    finally:
+        app.gate.set()
+    jobs = [first] + [json.loads(r[1])["job"] for r in results]
+    assert [_wait(base, j)["state"] for j in jobs] == ["done"] * 3
+
+
+def test_cli_without_a_run_says_which_command_makes_one(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from piti_cli.main import cli
+
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["demo", "--port", "0"])
+    assert res.exit_code == 2 and "piti train --task sketch" in res.output
+    res = CliRunner().invoke(cli, ["demo", "--run", str(tmp_path / "nothing"), "--port", "0"])
+    assert res.exit_code == 1 and "not a piti run directory" in res.output
+
+
+def test_default_run_names_the_command(tmp_path):
+    from piti_cli.commands.demo import default_run
+    from piti_core.errors import UsageError
+
+    with pytest.raises(UsageError, match="piti train --task sketch"):
+        default_run(tmp_path)
+
+
+MASK_CLASSES = {"classes": ["sky", "<b>grass</b> & co"], "palette": [[0, 0, 255], [0, 255, 0]]}
+
+
+@pytest.fixture(scope="module")
+def mask_server(tmp_path_factory):
+    import torch
+
+    from piti_core.config import resolve_config
+    from piti_core.models.build import build_base
+    from piti_core.plugins import PluginHost
+    from piti_core.runs import save_run
+
+    folder = tmp_path_factory.mktemp("mask")
+    (folder / "classes.json").write_text(json.dumps(MASK_CLASSES))
+    host = PluginHost()
+    host.load_entry_points()
+    cfg = resolve_config(preset="tiny", overrides=["encoder.layers=1", "encoder.width=32", "encoder.heads=2",
+                                                   "encoder.cnn_channels=8,8,16,16",
+                                                   f"mask.palette={folder / 'classes.json'}"],
+                         extra_sections=host.task_sections())
+    channels = host.task("mask").condition_spec(cfg).channels
+    torch.manual_seed(0)
+    save_run(folder / "run", cfg, {"base": build_base(cfg, channels)}, task="mask", cond_channels=channels,
+             source="test")
+    app = DemoApp(folder / "run", device="cpu")
+    srv = make_server(app, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield app, f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+    app.close()
+
+
+def test_mask_run_offers_its_palette_and_paints_a_label_map(mask_server):
+    app, base = mask_server
+    info = json.loads(_call(base + "/api/info")[1])
+    assert info["kind"] == "labels" and info["models"] == ["base"]
+    assert info["class_names"] == MASK_CLASSES["classes"] and info["palette"] == MASK_CLASSES["palette"]
+    arr = np.zeros((40, 40, 3), np.uint8)
+    arr[:] = MASK_CLASSES["palette"][0]
+    arr[20:] = MASK_CLASSES["palette"][1]  # a label map painted in the task's colours
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    status = _wait(base, json.loads(_call(f"{base}/api/generate?{FAST}", buf.getvalue())[1])["job"])
+    assert status["state"] == "done", status["error"]
+    image = Image.open(io.BytesIO(_call(base + status["images"]["image"])[1]))
+    assert image.size == (app.config.model.image_size,) * 2  # no upsampler: the base sample is the result
+    arr[0, 0] = (9, 9, 9)  # a colour outside the palette: a one-line error naming it
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    status = _wait(base, json.loads(_call(f"{base}/api/generate?{FAST}", buf.getvalue())[1])["job"])
+    assert status["state"] == "error" and "(9, 9, 9)" in status["error"]
+
+
+# ---------------------------------------------------------------------------------- headless Chromium
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+def _browser():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install 'piti[test]')")
+    if not CHROMIUM.is_file() or not Path(CHROMEDRIVER).is_file():
+        pytest.skip("needs /usr/bin/chromium and chromedriver (Debian packages chromium, chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,1000"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
+
+
+def test_browser_draw_and_generate(server):
+    driver = _browser()  # skips first when selenium or Chromium is missing
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app, base = server
+    try:
+        driver.get(base + "/")
+        wait = WebDriverWait(driver, 120)
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        canvas = driver.find_element(By.ID, "draw")
+        for dy in (-40, 0, 40):  # three strokes across the canvas
+            ActionChains(driver).move_to_element_with_offset(canvas, -80, dy).click_and_hold() \
+                .move_by_offset(160, 10).release().perform()
+        dark = driver.execute_script(
+            "const d = document.getElementById('draw').getContext('2d').getImageData(0, 0, 256, 256).data;"
+            "let n = 0; for (let i = 0; i < d.length; i += 4) n += d[i] < 128; return n;")
+        assert dark > 100  # the strokes are on the canvas
+        for field, value in (("steps", "3"), ("upsampler_steps", "2")):
+            box = driver.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(value)
+        driver.find_element(By.ID, "generate").click()
+        wait.until(lambda d: d.find_element(By.ID, "status").text in ("done", "failed"))
+        assert driver.find_element(By.ID, "error").text == ""
+        size = driver.execute_script("const i = document.getElementById('img-image');"
+                                     "return i.complete ? [i.naturalWidth, i.naturalHeight] : null;")
+        job = driver.find_element(By.TAG_NAME, "body").get_attribute("data-job")
+        png = Image.open(io.BytesIO(_call(f"{base}/api/jobs/{job}/image.png")[1]))
+        assert size == list(png.size) and size[0] > 0
+        assert np.asarray(png).std() > 0  # a non-empty image
+        assert "piti sample --run" in driver.find_element(By.ID, "command").text
+    finally:
+        driver.quit()
+
+
+def test_browser_shows_class_names_as_text(mask_server):
+    driver = _browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, base = mask_server
+    try:
+        driver.get(base + "/")
+        WebDriverWait(driver, 120).until(
+            lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        buttons = driver.find_elements(By.CSS_SELECTOR, "#palette button")
+        assert [b.text.strip() for b in buttons] == MASK_CLASSES["classes"]  # markup shown as text, not parsed
+        assert not driver.find_elements(By.CSS_SELECTOR, "#palette b")
+    finally:
+        driver.quit()
