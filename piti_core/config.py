@@ -118,6 +118,9 @@ class SampleConfig:
     guidance: str = "plain"
     guidance_scale: float = field(default=1.3, validator=_nonneg)
     upsampler_temperature: float = field(default=0.997, validator=_pos)
+    # Where the upsampler's sampling starts, as a fraction of T: 1 = from pure noise (official); below 1
+    # it starts from the upsampled low-res image noised to that level (docs/upsampler.md).
+    upsampler_start: float = field(default=1.0, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)])
     batch_size: int = field(default=4, validator=_pos)
     seed: int = 0
 
@@ -255,7 +258,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder": dict(width=128, layers=2, heads=4, cond_size=64, cnn_channels=(16, 32, 64, 128), hint_channels=32),
         # 128 bytes hold a whole toy-world caption (the shipped prior was made with 32, which cut most)
         "text": dict(layers=2, heads=4, context_length=128),
-        "sample": dict(steps="50", upsampler_steps="fast27"),
+        # the tiny upsampler ignores its low-res input at high noise (colours drift): start it at 0.4·T
+        "sample": dict(steps="50", upsampler_steps="fast27", upsampler_start=0.4),
         "train": dict(batch_size=8, lr=1e-3, cont_lr=5e-4, decoder_lr=3e-4, upsampler_lr=1e-4, pretrain_lr=3e-4,
                       ema_rate=0.999, stage1_steps=300,
                       stage1_cont_steps=100, stage2_steps=300, upsampler_steps=300, pretrain_steps=2000,

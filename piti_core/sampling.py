@@ -58,6 +58,9 @@ def sample_upsampler(model, low_res: torch.Tensor, cond: torch.Tensor, cfg, *, s
 
     s = cfg.sample
     schedule = build_schedule(cfg.diffusion.upsampler_schedule, cfg.diffusion.steps, steps or s.upsampler_steps)
+    start = getattr(s, "upsampler_start", 1.0)
+    if start < 1.0:
+        schedule = truncate_schedule(schedule, cfg.diffusion.upsampler_schedule, start)
     dev = cond.device
     low = quantize(low_res)
     with autocast(dev, dtype):
@@ -69,7 +72,25 @@ def sample_upsampler(model, low_res: torch.Tensor, cond: torch.Tensor, cfg, *, s
 
     size = cfg.upsampler.image_size
     x = torch.randn((cond.shape[0], 3, size, size), generator=generator, device=dev) * s.upsampler_temperature
+    if start < 1.0:  # q(x_t | x_0 = the upsampled low-res image) at the schedule's first (largest) step
+        import torch.nn.functional as F
+
+        ab = float(schedule.alphas_cumprod[-1])
+        up = F.interpolate(low.float(), size=(size, size), mode="bilinear", align_corners=False)
+        x = ab ** 0.5 * up + (1.0 - ab) ** 0.5 * x
     return get_sampler(sampler or s.upsampler_sampler)(model_fn, x, schedule, generator=generator, callback=callback)
+
+
+def truncate_schedule(schedule, name: str, start: float):
+    """``schedule`` without its steps above ``start``·T (the first step kept is the largest below it)."""
+    from piti_core.diffusion.respace import respace
+    from piti_core.diffusion.schedules import get_betas
+
+    total = int(schedule.original_num_steps or len(schedule.timestep_map))
+    keep = [int(t) for t in schedule.timestep_map if t <= start * (total - 1)]
+    if not keep:
+        keep = [int(schedule.timestep_map[0])]
+    return respace(get_betas(name, total), keep)
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,9 @@ import click
               help="Base sampler (default: the run's sample.sampler).")
 @click.option("--steps", default=None, help="Base respacing: 250, 50, ddim25, ... (default: the run's sample.steps).")
 @click.option("--upsampler-steps", default=None, help="Upsampler respacing (default: the run's, fast27).")
+@click.option("--upsampler-start", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Start the upsampler at this fraction of T from its noised low-res input "
+                   "(1 = pure noise, official; default: the run's sample.upsampler_start).")
 @click.option("--guidance", type=click.Choice(["plain", "normalized", "none"]), default=None,
               help="Classifier-free guidance of the base model (default: the run's).")
 @click.option("--guidance-scale", type=float, default=None, help="Official scale s (1 = conditional only).")
@@ -36,7 +39,8 @@ import click
 @click.option("--grid", "grid_items", type=click.IntRange(min=0), default=8, show_default=True,
               help="Rows of condition | sample | ground truth in the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content on stdout.")
-def command(run_dir, data_root, n, out, overwrite, batch_size, seed, sampler, steps, upsampler_steps, guidance,
+def command(run_dir, data_root, n, out, overwrite, batch_size, seed, sampler, steps, upsampler_steps,
+            upsampler_start, guidance,
             guidance_scale, device, dtype, fid_weights, no_fid, grid_items, as_json) -> None:
     """Sample the first N validation images of the run's data set with the run's cascade and report
     FID and KID against the real images, the task's alignment metric (also measured on the real
@@ -59,7 +63,8 @@ def command(run_dir, data_root, n, out, overwrite, batch_size, seed, sampler, st
 
     read_run_meta(run_dir)  # a wrong folder fails here with one line, before anything else
     cfg = load_config(Path(run_dir) / "config.json", get_plugin_manager().task_sections())
-    changes = dict(sampler=sampler, steps=steps, upsampler_steps=upsampler_steps, guidance=guidance,
+    changes = dict(sampler=sampler, steps=steps, upsampler_steps=upsampler_steps, upsampler_start=upsampler_start,
+                   guidance=guidance,
                    guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
     settings = attrs.evolve(cfg.sample, **{k: v for k, v in changes.items() if v is not None})
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -17,6 +17,9 @@ import click
               help="Base sampler (default: the run's sample.sampler, ddpm).")
 @click.option("--steps", default=None, help="Base respacing: 250, 100, ddim25, ... (default: the run's sample.steps).")
 @click.option("--upsampler-steps", default=None, help="Upsampler respacing (default: fast27).")
+@click.option("--upsampler-start", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Start the upsampler at this fraction of T from its noised low-res input "
+                   "(1 = pure noise, official; default: the run's sample.upsampler_start).")
 @click.option("--guidance", type=click.Choice(["plain", "normalized", "none"]), default=None,
               help="Classifier-free guidance of the base model (default plain).")
 @click.option("--guidance-scale", type=float, default=None, help="Official scale s (1 = conditional only).")
@@ -25,7 +28,8 @@ import click
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", help="Compute precision.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
-def command(run_dir, source, out, overwrite, sampler, steps, upsampler_steps, guidance, guidance_scale, seed,
+def command(run_dir, source, out, overwrite, sampler, steps, upsampler_steps, upsampler_start, guidance,
+            guidance_scale, seed,
             batch_size, device, dtype, as_json) -> None:
     """Preprocess the inputs with the run's task, sample the base model, upsample, write PNGs,
     a grid and settings.json (the exact settings, to make the same images again)."""
@@ -42,7 +46,8 @@ def command(run_dir, source, out, overwrite, sampler, steps, upsampler_steps, gu
 
     inputs = list_inputs(source)
     cfg = load_config(Path(run_dir) / "config.json", get_plugin_manager().task_sections())
-    changes = dict(sampler=sampler, steps=steps, upsampler_steps=upsampler_steps, guidance=guidance,
+    changes = dict(sampler=sampler, steps=steps, upsampler_steps=upsampler_steps, upsampler_start=upsampler_start,
+                   guidance=guidance,
                    guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
     settings = attrs.evolve(cfg.sample, **{k: v for k, v in changes.items() if v is not None})
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,56 @@
+"""sample.upsampler_start: the upsampler starts from its noised low-res input instead of pure noise."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from piti_core.config import resolve_config
+from piti_core.diffusion import build_schedule
+from piti_core.errors import ConfigError
+from piti_core.sampling import quantize, sample_upsampler, truncate_schedule
+
+
+def test_truncated_schedule_keeps_the_steps_below_start_with_their_alphas():
+    full = build_schedule("linear", 1000, "fast27")
+    cut = truncate_schedule(full, "linear", 0.4)
+    kept = [int(t) for t in full.timestep_map if t <= 0.4 * 999]
+    assert [int(t) for t in cut.timestep_map] == kept and 0 < len(kept) < len(full.timestep_map)
+    alphas = dict(zip(full.timestep_map.tolist(), full.alphas_cumprod.tolist()))
+    torch.testing.assert_close(cut.alphas_cumprod, torch.tensor([alphas[t] for t in kept], dtype=torch.float64))
+
+
+class _ExactModel:
+    """Predicts ε exactly for x0 = the bilinearly upsampled low-res image; records the timesteps."""
+
+    def __init__(self, schedule_name="linear"):
+        self.calls = []
+        self.schedule = build_schedule(schedule_name, 1000)
+
+    def encode(self, cond):
+        return (cond,)
+
+    def decode_encoded(self, x, t, encoded, low):
+        self.calls.append(float(t.flatten()[0]))
+        up = F.interpolate(low, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        ab = self.schedule.alphas_cumprod[t.long()].float().view(-1, 1, 1, 1)
+        eps = (x - ab.sqrt() * up) / (1 - ab).sqrt()
+        return torch.cat([eps, torch.zeros_like(eps)], dim=1)
+
+
+@pytest.mark.parametrize("start", [1.0, 0.4])
+def test_sampling_starts_at_the_given_level(start):
+    cfg = resolve_config("tiny", [], [f"sample.upsampler_start={start}", "sample.upsampler_sampler=ddim"])
+    model = _ExactModel()
+    low = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = sample_upsampler(model, low, torch.zeros(2, 1, 64, 64), cfg, generator=torch.Generator().manual_seed(0))
+    assert max(model.calls) <= start * 999
+    n = len([t for t in build_schedule("linear", 1000, "fast27").timestep_map if t <= start * 999])
+    assert len(model.calls) == n
+    up = F.interpolate(quantize(low), size=64, mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, up, atol=1e-3, rtol=0)
+
+
+def test_start_must_be_in_zero_one():
+    with pytest.raises(ConfigError, match="upsampler_start"):
+        resolve_config("tiny", [], ["sample.upsampler_start=0"])
+    assert resolve_config("glide").sample.upsampler_start == 1.0  # official behaviour by default
