@@ -1,6 +1,7 @@
 """Screenshot of `piti demo` for docs/demo.md: serve RUN, draw three strokes, Generate, save the page.
 
     python docs/scripts/demo_screenshot.py runs/sketch-tiny --out docs/demo.png
+    python docs/scripts/demo_screenshot.py --url http://127.0.0.1:8765/ --out docs/demo.png   # a running `piti demo`
 
 Needs selenium, /usr/bin/chromium and chromedriver (Debian: chromium, chromium-driver).
 """
@@ -20,20 +21,26 @@ from piti_core.demo.server import DemoApp, make_server
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("run")
+    ap.add_argument("run", nargs="?", help="run directory to serve (or --url of a running piti demo)")
+    ap.add_argument("--url", default=None, help="screenshot an already running `piti demo` instead")
     ap.add_argument("--out", default="docs/demo.png")
     ap.add_argument("--chromedriver", default="/usr/bin/chromedriver")
     args = ap.parse_args()
-    app = DemoApp(args.run, device="cpu")
-    server = make_server(app, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    app = server = None
+    if args.url is None:
+        if not args.run:
+            ap.error("give a run directory or --url")
+        app = DemoApp(args.run, device="cpu")
+        server = make_server(app, "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = args.url or f"http://127.0.0.1:{server.server_address[1]}/"
     opts = webdriver.ChromeOptions()
     opts.binary_location = "/usr/bin/chromium"
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,1000"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(options=opts, service=Service(executable_path=args.chromedriver))
     try:
-        driver.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        driver.get(url)
         wait = WebDriverWait(driver, 600)
         wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
         canvas = driver.find_element(By.ID, "draw")
@@ -48,8 +55,9 @@ def main() -> None:
         print(args.out)
     finally:
         driver.quit()
-        server.shutdown()
-        app.close()
+        if server is not None:
+            server.shutdown()
+            app.close()
 
 
 if __name__ == "__main__":
