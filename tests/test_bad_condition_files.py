@@ -8,6 +8,7 @@ from PIL import Image
 
 from piti_cli.main import cli
 from piti_core.errors import DataError
+from tests.helpers import random_run
 
 
 def _wrong_channels(folder):
@@ -43,24 +44,9 @@ CASES = {"wrong channels": _wrong_channels, "colour not in the palette": _colour
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Run directories with random tiny weights for the tasks the cases use (no training needed)."""
-    import torch
-
-    from piti_core.config import resolve_config
-    from piti_core.models.build import build_base
-    from piti_core.plugins import PluginHost
-    from piti_core.runs import save_run
-
-    host = PluginHost()
-    host.load_entry_points()
-    cfg = resolve_config(preset="tiny", overrides=["encoder.layers=1", "encoder.width=32", "encoder.heads=2",
-                                                   "encoder.cnn_channels=8,8,16,16"],
-                         extra_sections=host.task_sections())
-    torch.manual_seed(0)
     out = {}
     for task in ("mask", "depth"):
-        channels = host.task(task).condition_spec(cfg).channels
-        out[task] = save_run(tmp_path_factory.mktemp("run") / task, cfg, {"base": build_base(cfg, channels)},
-                             task=task, cond_channels=channels, source="test")
+        out[task], cfg, host = random_run(tmp_path_factory.mktemp("run") / task, task, upsampler=False)
     return {"cfg": cfg, "host": host, **out}
 
 

@@ -13,29 +13,14 @@ import pytest
 from PIL import Image
 
 from piti_core.demo.server import DemoApp, make_server
+from tests.helpers import random_run
 
 FAST = "steps=3&upsampler_steps=2&seed=1"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    import torch
-
-    from piti_core.config import resolve_config
-    from piti_core.models.build import build_base, build_upsampler
-    from piti_core.plugins import PluginHost
-    from piti_core.runs import save_run
-
-    host = PluginHost()
-    host.load_entry_points()
-    cfg = resolve_config(preset="tiny", overrides=["encoder.layers=1", "encoder.width=32", "encoder.heads=2",
-                                                   "encoder.cnn_channels=8,8,16,16"],
-                         extra_sections=host.task_sections())
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("run") / "sketch-tiny"
-    save_run(out, cfg, {"base": build_base(cfg, 1), "upsampler": build_upsampler(cfg, 1)}, task="sketch",
-             cond_channels=1, source="test")
-    return out
+    return random_run(tmp_path_factory.mktemp("run") / "sketch-tiny")[0]
 
 
 class GatedApp(DemoApp):

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from piti_cli.main import cli
 from piti_core.eval import inception
 from piti_core.eval.fid import frechet_distance, frechet_distance_features
+from tests.helpers import random_run
 
 HAS_FID_WEIGHTS = inception.fid_helper_weights_path() is not None
 
@@ -18,24 +19,8 @@ HAS_FID_WEIGHTS = inception.fid_helper_weights_path() is not None
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, piti_home):
     """A random sketch run whose data set is a toy world of 8 images, 4 of them in the val split."""
-    import torch
-
-    from piti_core.config import resolve_config
-    from piti_core.models.build import build_base, build_upsampler
-    from piti_core.plugins import PluginHost
-    from piti_core.runs import save_run
-
-    host = PluginHost()
-    host.load_entry_points()
-    cfg = resolve_config(preset="tiny", overrides=["encoder.layers=1", "encoder.width=32", "encoder.heads=2",
-                                                   "encoder.cnn_channels=8,8,16,16", "data.toyworld_samples=8",
-                                                   "data.val_fraction=0.5"],
-                         extra_sections=host.task_sections())
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("run") / "sketch"
-    save_run(out, cfg, {"base": build_base(cfg, 1), "upsampler": build_upsampler(cfg, 1)}, task="sketch",
-             cond_channels=1, source="test")
-    return out
+    overrides = ["data.toyworld_samples=8", "data.val_fraction=0.5"]
+    return random_run(tmp_path_factory.mktemp("run") / "sketch", overrides=overrides)[0]
 
 
 def _eval(run_dir, out, *extra):
