@@ -61,3 +61,33 @@ def task_option(required: bool = True):
         return value
 
     return click.option("--task", required=required, callback=callback, help="Task name (see `piti tasks`).")
+
+
+SAMPLE_KEYS = ("sampler", "steps", "upsampler_steps", "upsampler_start", "guidance", "guidance_scale")
+
+
+def sampling_options(func):
+    """--sampler, --steps, --upsampler-steps, --upsampler-start, --guidance, --guidance-scale: changes to
+    the run's ``sample`` section (None = keep the run's value); see :func:`sample_changes`."""
+    options = [
+        click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), default=None,
+                     help="Base sampler (default: the run's sample.sampler)."),
+        click.option("--steps", default=None,
+                     help="Base respacing: 250, 50, ddim25, ... (default: the run's sample.steps)."),
+        click.option("--upsampler-steps", default=None, help="Upsampler respacing (default: the run's, fast27)."),
+        click.option("--upsampler-start", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Start the upsampler at this fraction of T from its noised low-res input "
+                          "(1 = pure noise, official; default: the run's sample.upsampler_start)."),
+        click.option("--guidance", type=click.Choice(["plain", "normalized", "none"]), default=None,
+                     help="Classifier-free guidance of the base model (default: the run's)."),
+        click.option("--guidance-scale", type=float, default=None, help="Official scale s (1 = conditional only)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def sample_changes(kwargs: dict, **more) -> dict:
+    """The non-None sampling options (and ``more``) as keyword changes for ``attrs.evolve(cfg.sample, ...)``."""
+    values = {k: kwargs[k] for k in SAMPLE_KEYS} | more
+    return {k: v for k, v in values.items() if v is not None}

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from piti_cli.options import sample_changes, sampling_options
+
 
 @click.command("eval")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
@@ -20,16 +22,7 @@ import click
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch.")
 @click.option("--seed", type=int, default=None, help="Random seed (default: the run's sample.seed).")
-@click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), default=None,
-              help="Base sampler (default: the run's sample.sampler).")
-@click.option("--steps", default=None, help="Base respacing: 250, 50, ddim25, ... (default: the run's sample.steps).")
-@click.option("--upsampler-steps", default=None, help="Upsampler respacing (default: the run's, fast27).")
-@click.option("--upsampler-start", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Start the upsampler at this fraction of T from its noised low-res input "
-                   "(1 = pure noise, official; default: the run's sample.upsampler_start).")
-@click.option("--guidance", type=click.Choice(["plain", "normalized", "none"]), default=None,
-              help="Classifier-free guidance of the base model (default: the run's).")
-@click.option("--guidance-scale", type=float, default=None, help="Official scale s (1 = conditional only).")
+@sampling_options
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", help="Compute precision.")
 @click.option("--fid-weights", type=click.Path(dir_okay=False), default=None,
@@ -39,9 +32,8 @@ import click
 @click.option("--grid", "grid_items", type=click.IntRange(min=0), default=8, show_default=True,
               help="Rows of condition | sample | ground truth in the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content on stdout.")
-def command(run_dir, data_root, n, out, overwrite, batch_size, seed, sampler, steps, upsampler_steps,
-            upsampler_start, guidance,
-            guidance_scale, device, dtype, fid_weights, no_fid, grid_items, as_json) -> None:
+def command(run_dir, data_root, n, out, overwrite, batch_size, seed, device, dtype, fid_weights, no_fid, grid_items,
+            as_json, **sampling) -> None:
     """Sample the first N validation images of the run's data set with the run's cascade and report
     FID and KID against the real images, the task's alignment metric (also measured on the real
     images, as a reference) and, on the toy world, FID/KID in the toy-world oracle's feature space.
@@ -63,10 +55,7 @@ def command(run_dir, data_root, n, out, overwrite, batch_size, seed, sampler, st
 
     read_run_meta(run_dir)  # a wrong folder fails here with one line, before anything else
     cfg = load_config(Path(run_dir) / "config.json", get_plugin_manager().task_sections())
-    changes = dict(sampler=sampler, steps=steps, upsampler_steps=upsampler_steps, upsampler_start=upsampler_start,
-                   guidance=guidance,
-                   guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
-    settings = attrs.evolve(cfg.sample, **{k: v for k, v in changes.items() if v is not None})
+    settings = attrs.evolve(cfg.sample, **sample_changes(sampling, seed=seed, batch_size=batch_size))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out) if out else Path(run_dir) / "eval" / (
         f"val-n{n or 'all'}-{settings.sampler}{settings.steps}-seed{settings.seed}")

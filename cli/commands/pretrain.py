@@ -25,5 +25,6 @@ def command(stage: str | None, prior: str | None, config, **opts) -> None:
     from pathlib import Path
 
     stages = prior_stages(config, stage)
-    run_training(config, task=None, stages=stages, prior_dir=Path(prior) if prior else None, default_name=f"prior-{config.preset}",
+    run_training(config, task=None, stages=stages, prior_dir=Path(prior) if prior else None,
+                 default_name=f"prior-{config.preset}",
                  next_hint=lambda run: f"piti train --task sketch --prior {run}", source="pretrain", **opts)

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from piti_cli.options import sample_changes, sampling_options
+
 
 @click.command("sample")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
@@ -13,24 +15,13 @@ import click
 @click.option("--input", "source", required=True, type=click.Path(), help="A condition file or a folder of them.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN/samples-out).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
-@click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), default=None,
-              help="Base sampler (default: the run's sample.sampler, ddpm).")
-@click.option("--steps", default=None, help="Base respacing: 250, 100, ddim25, ... (default: the run's sample.steps).")
-@click.option("--upsampler-steps", default=None, help="Upsampler respacing (default: fast27).")
-@click.option("--upsampler-start", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Start the upsampler at this fraction of T from its noised low-res input "
-                   "(1 = pure noise, official; default: the run's sample.upsampler_start).")
-@click.option("--guidance", type=click.Choice(["plain", "normalized", "none"]), default=None,
-              help="Classifier-free guidance of the base model (default plain).")
-@click.option("--guidance-scale", type=float, default=None, help="Official scale s (1 = conditional only).")
+@sampling_options
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", help="Compute precision.")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
-def command(run_dir, source, out, overwrite, sampler, steps, upsampler_steps, upsampler_start, guidance,
-            guidance_scale, seed,
-            batch_size, device, dtype, as_json) -> None:
+def command(run_dir, source, out, overwrite, seed, batch_size, device, dtype, as_json, **sampling) -> None:
     """Preprocess the inputs with the run's task, sample the base model, upsample, write PNGs,
     a grid and settings.json (the exact settings, to make the same images again)."""
     from pathlib import Path
@@ -46,10 +37,7 @@ def command(run_dir, source, out, overwrite, sampler, steps, upsampler_steps, up
 
     inputs = list_inputs(source)
     cfg = load_config(Path(run_dir) / "config.json", get_plugin_manager().task_sections())
-    changes = dict(sampler=sampler, steps=steps, upsampler_steps=upsampler_steps, upsampler_start=upsampler_start,
-                   guidance=guidance,
-                   guidance_scale=guidance_scale, seed=seed, batch_size=batch_size)
-    settings = attrs.evolve(cfg.sample, **{k: v for k, v in changes.items() if v is not None})
+    settings = attrs.evolve(cfg.sample, **sample_changes(sampling, seed=seed, batch_size=batch_size))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out) if out else Path(run_dir) / "samples-out"
     with _Progress(err_console) as progress:
