@@ -36,4 +36,8 @@ def command(task: str, prior: str | None, stage: str | None, config, **opts) -> 
         click.echo(f"prior: shipped {config.preset} prior ({prior_dir})", err=True)
     stages = finetune_stages(config, stage)
     run_training(config, task=the_task, stages=stages, prior_dir=prior_dir, default_name=f"{task}-{config.preset}",
-                 next_hint=lambda run: f"piti sample --run {run} --input <condition file>", scratch=scratch, **opts)
+                 next_hint=_next_hint, scratch=scratch, **opts)
+
+
+def _next_hint(run) -> str:
+    return f"piti sample --run {run} --input <condition file>   (or draw one: piti demo --run {run})"
