@@ -58,7 +58,7 @@ def sample_upsampler(model, low_res: torch.Tensor, cond: torch.Tensor, cfg, *, s
 
     s = cfg.sample
     schedule = build_schedule(cfg.diffusion.upsampler_schedule, cfg.diffusion.steps, steps or s.upsampler_steps)
-    start = getattr(s, "upsampler_start", 1.0)
+    start = s.upsampler_start
     if start < 1.0:
         schedule = truncate_schedule(schedule, cfg.diffusion.upsampler_schedule, start)
     dev = cond.device
