@@ -115,6 +115,11 @@ class BatchStream:
         return next(self._iter)
 
 
+def _adamw_impl(device: torch.device) -> dict[str, bool]:
+    """AdamW's fused kernel (one pass over each tensor) on CPU and CUDA, else the multi-tensor one."""
+    return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+
+
 LossFn = Callable[[dict, "Trainer"], tuple[torch.Tensor, dict[str, float]]]
 
 
@@ -129,15 +134,18 @@ class Trainer:
     def __init__(self, *, model: nn.Module, groups: list[tuple[str, list[tuple[str, nn.Parameter]], float]],
                  loss_fn: LossFn, stream: BatchStream, tcfg, device: torch.device, dtype: torch.dtype,
                  stage_index: int = 0, aux: Mapping[str, Any] | None = None, rank: int = 0,
-                 ddp_model: nn.Module | None = None, max_nonfinite: int = 10):
+                 ddp_model: nn.Module | None = None, max_nonfinite: int = 10, frozen: tuple = ()):
         self.model, self.loss_fn, self.stream, self.tcfg = model, loss_fn, stream, tcfg
+        # frozen modules (stage 1's decoder) stay in eval mode, i.e. without dropout, unless
+        # train.frozen_dropout asks for the official behaviour (dropout active in the frozen decoder)
+        self.frozen = tuple(frozen) if not tcfg.frozen_dropout else ()
         self.net = ddp_model or model  # what the loss function calls (DDP wrapper when distributed)
         self.device, self.dtype, self.stage_index, self.rank = torch.device(device), dtype, stage_index, rank
         self.aux = dict(aux or {})
         self.named = {k: p for _, params, _ in groups for k, p in params}
         self.opt = torch.optim.AdamW(
             [{"params": [p for _, p in params], "lr": lr, "name": name} for name, params, lr in groups],
-            weight_decay=tcfg.weight_decay, foreach=True,
+            weight_decay=tcfg.weight_decay, **_adamw_impl(self.device),
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
         self.ema = EMA(self.named, tcfg.ema_rate)
@@ -154,6 +162,8 @@ class Trainer:
         accum = self.tcfg.grad_accum
         self.opt.zero_grad(set_to_none=True)
         self.model.train()
+        for m in self.frozen:
+            m.eval()
         logs: dict[str, float] = {}
         losses = []
         for micro in range(accum):

@@ -154,7 +154,7 @@ def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tu
                          num_workers=num_workers)
     trainer = Trainer(model=model, groups=groups, loss_fn=objective, stream=stream, tcfg=tcfg, device=device,
                       dtype=dtype, stage_index=index, aux=objective.aux(), rank=rank,
-                      ddp_model=wrap(model) if wrap else None)
+                      ddp_model=wrap(model) if wrap else None, frozen=frozen)
     if monitor is not None:
         trainer.aux[monitor.name] = monitor  # checkpointed with the trainer: resume stays exact
     log = RunLog(run_dir, rank)
@@ -166,7 +166,6 @@ def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tu
             trainer.load_state(tensors, meta)
             log.truncate_after(stage.name, trainer.step)
             _emit(callback, event="resume", stage=stage.name, step=trainer.step, checkpoint=str(latest))
-    frozen_eval = not tcfg.frozen_dropout
 
     def checkpoint():
         if rank == 0:
@@ -204,12 +203,7 @@ def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tu
         if should_stop():
             checkpoint()
             raise Interrupted(f"stopped in stage {stage.name} at step {trainer.step}")
-        if frozen_eval:
-            for m in frozen:
-                m.eval()
         logs = last = trainer.train_step()
-        if frozen_eval:
-            model.train()
         step = trainer.step
         _emit(callback, event="step", stage=stage.name, step=step, steps=stage.steps, **logs)
         if step % tcfg.log_every == 0 or step == stage.steps:

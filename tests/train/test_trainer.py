@@ -70,3 +70,24 @@ def test_skipped_stages_hand_on_their_encoder_init():
     cfg = resolve_config(preset="tiny", overrides=["train.stage1_steps=0", "train.stage1_cont_steps=0"])
     stages = {s.name: s for s in finetune_stages(cfg)}
     assert stages["stage2"].encoder_init is None and stages["stage2"].index == 2
+
+
+@pytest.mark.parametrize("frozen_dropout", [False, True])
+def test_frozen_modules_run_without_dropout_unless_asked(frozen_dropout):
+    """Stage 1's frozen decoder is in eval mode during the step (train.frozen_dropout=true: official dropout)."""
+    cfg = resolve_config(preset="tiny", overrides=[f"train.frozen_dropout={str(frozen_dropout).lower()}"])
+    head, body = torch.nn.Linear(2, 4), torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.Linear(4, 1))
+    body.requires_grad_(False)
+    seen = []
+
+    def loss_fn(batch, trainer):
+        seen.append((head.training, body[0].training))
+        return body(head(batch["x"])).pow(2).mean(), {}
+
+    model = torch.nn.Sequential(head, body)
+    trainer = Trainer(model=model, groups=[("head", list(head.named_parameters()), 1e-2)], loss_fn=loss_fn,
+                      stream=BatchStream(Data(), 2, 0), tcfg=cfg.train, device=torch.device("cpu"),
+                      dtype=torch.float32, frozen=(body,))
+    trainer.train_step()
+    trainer.train_step()
+    assert seen == [(True, frozen_dropout)] * 2
