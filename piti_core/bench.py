@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 from piti_core.errors import UsageError
 
-DTYPES = ("fp32", "bf16")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
 # ------------------------------------------------------------------------------------ environment
@@ -121,7 +121,9 @@ def matmul_rate(device, dtype: str, size: int = 2048, min_time: float = 0.5,
     """
     import torch
 
-    tdtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    from piti_core.precision import DTYPES as TORCH_DTYPES
+
+    tdtype = TORCH_DTYPES[dtype]
 
     def run(n: int, min_time: float) -> float:
         a = torch.randn(n, n, device=device, dtype=tdtype)
@@ -191,6 +193,19 @@ def model_flops(model, inputs: dict) -> tuple[int, int]:
         evaluate = count_flops(lambda: model.decode_encoded(inputs["x_t"], inputs["timesteps"], encoded,
                                                             inputs.get("low_res")))
     return train, evaluate
+
+
+def _dtype_name(name: str, device) -> str:
+    """``auto|fp32|bf16|fp16`` -> the name of the dtype that runs on ``device`` (precision.resolve_dtype)."""
+    import torch
+
+    from piti_core.precision import resolve_dtype
+
+    try:
+        resolved = resolve_dtype(name, device)
+    except Exception as exc:  # ConfigError: fp16 on the CPU
+        raise UsageError(str(exc)) from None
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolved]
 
 
 def _timed(fn: Callable[[], Any], steps: int, warmup: int, device) -> float:
@@ -278,16 +293,19 @@ def run_bench(cfg, *, models=("base", "upsampler"), device: str = "cpu", dtype: 
 
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype '{dtype}'; use one of: {', '.join(DTYPES)}")
+    requested = dtype
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     if steps < 1 or batch_size < 1 or warmup < 0:
         raise UsageError("steps and batch size must be at least 1, warmup at least 0")
     dev = torch.device(device)
+    dtype = _dtype_name(requested, dev)
     notify = callback or (lambda info: None)
     notify({"model": "matmul", "phase": "calibrate"})
     rate, matmul_size = matmul_rate(dev, dtype)
     result: dict[str, Any] = {
-        "preset": cfg.preset, "device": dev.type, "dtype": dtype, "batch_size": batch_size, "steps": steps,
+        "preset": cfg.preset, "device": dev.type, "dtype": dtype, "dtype_requested": requested,
+        "batch_size": batch_size, "steps": steps,
         "warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "matmul_flops_per_s": rate, "matmul_size": matmul_size, "models": {},
     }

@@ -53,3 +53,17 @@ def test_attention_flops_are_counted():
     forward = 2 * (2 * 64 * 64 * 32)  # QK^T and AV for 2 heads
     assert count_flops(step) >= 3 * forward
     assert isinstance(cpu_info()["amx_bf16"], bool)
+
+
+def test_bench_dtype_auto_and_fp16_on_cpu():
+    from piti_core.precision import cpu_has_native_bf16
+
+    runner = CliRunner()
+    result = runner.invoke(cli, ["bench", "--preset", "tiny", *SMALL, "--steps", "1", "--warmup", "0",
+                                 "--model", "base", "--dtype", "auto", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["dtype_requested"] == "auto"
+    assert data["dtype"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    bad = runner.invoke(cli, ["bench", "--preset", "tiny", "--dtype", "fp16"])
+    assert bad.exit_code == 2 and "fp16 autocast is for CUDA" in bad.output and "Traceback" not in bad.output

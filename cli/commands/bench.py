@@ -15,8 +15,9 @@ def _fmt_bytes(n) -> str:
 
 @click.command("bench")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="fp32, or bf16 autocast (norms and attention softmax stay fp32).")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="fp32, or bf16/fp16 autocast (norms and attention softmax stay fp32); auto: bf16 where the "
+                   "hardware runs it natively, fp16 on older GPUs, else fp32 (the train/sample default).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Timed steps per phase.")
 @click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True, help="Untimed steps first.")
@@ -26,8 +27,17 @@ def _fmt_bytes(n) -> str:
               help="Condition channels of the task encoder (3: RGB mask, 1: sketch, 6: depth+normal).")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads (default: torch's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON on stdout.")
+@click.option("--compare", is_flag=True,
+              help="Time the variants side by side in one run: stage 2 vs stage 1 vs checkpointing vs bf16 vs "
+                   "compiled training steps of the base model, sampling step costs, and the default sampling "
+                   "recipe against the official one (ratios and fractions of the matmul rate).")
+@click.option("--variants", default=None, metavar="LIST",
+              help="With --compare: comma-separated training variants (stage2,stage1,checkpointing,bf16,compiled; "
+                   "default: those that run natively here).")
+@click.option("--no-sample", is_flag=True, help="With --compare: skip the sampling and recipe part.")
 @config_options
-def command(device, dtype, batch_size, steps, warmup, which, cond_channels, threads, as_json, config) -> None:
+def command(device, dtype, batch_size, steps, warmup, which, cond_channels, threads, as_json, compare, variants,
+            no_sample, config) -> None:
     """Measure images/s of a training step (forward+backward), model evaluations/s when sampling,
     peak memory, and the achieved FLOP rate relative to a 2048×2048 matmul on the same device
     (smaller where that would take more than 5 s, e.g. bf16 on a CPU without native bf16).
@@ -41,6 +51,21 @@ def command(device, dtype, batch_size, steps, warmup, which, cond_channels, thre
 
     if threads:
         torch.set_num_threads(threads)
+    if compare:
+        from piti_cli.bench_report import print_compare
+        from piti_core.bench_compare import run_compare
+
+        chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+        result = run_compare(config, device=device, batch_size=batch_size, steps=steps, warmup=warmup,
+                             cond_channels=cond_channels, variants=chosen, sample=not no_sample,
+                             callback=lambda info: status(f"bench: {info['phase']}"))
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+        else:
+            print_compare(result)
+        return
+    if variants or no_sample:
+        raise click.UsageError("--variants and --no-sample go with --compare")
     models = ("base", "upsampler") if which == "both" else (which,)
 
     def callback(info):
@@ -51,7 +76,7 @@ def command(device, dtype, batch_size, steps, warmup, which, cond_channels, thre
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    click.echo(f"{result['preset']} on {result['device_name']} ({result['device']}, {dtype}, "
+    click.echo(f"{result['preset']} on {result['device_name']} ({result['device']}, {result['dtype']}, "
                f"{result['threads']} threads), batch {batch_size}, {steps} steps")
     n = result["matmul_size"]
     click.echo(f"{n}×{n} matmul: {result['matmul_flops_per_s'] / 1e9:,.1f} GFLOP/s")

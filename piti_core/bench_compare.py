@@ -1,0 +1,387 @@
+"""``piti bench --compare``: the speed and memory variants of training and sampling, side by side.
+
+One process, one matmul calibration, then for the base model of the preset (random weights):
+
+* **training variants** — full training steps as ``piti train`` runs them (the stage's objective,
+  AdamW, EMA; random batches instead of data): ``stage2`` (encoder + decoder, the reference),
+  ``stage1`` (frozen decoder: no weight gradients, no optimizer state, eval-mode dropout),
+  ``checkpointing`` (stage 2 with ``model.checkpointing``), ``bf16`` (stage 2 under bf16 autocast),
+  ``compiled`` (stage 2 with ``torch.compile``);
+* **sampling** — seconds per step for one image: the base model with classifier-free guidance (one
+  batched pass over 2 rows) and the upsampler, eager, and compiled / bf16 where asked;
+* **recipes** — seconds per 256×256 image as model evaluations × step cost: the official recipe (DDPM
+  250 guided base steps + fast27 upsampler steps from pure noise) against the preset's sampling settings.
+
+Each variant is a ratio to its reference (stage 2 eager fp32; eager fp32 sampling) and a fraction of
+the matmul rate measured in the same run and dtype. Variants that cannot run here (bf16 on a CPU
+without AVX512-BF16/AMX, compile without a C++ compiler) are listed under ``skipped`` with the reason.
+Peak memory is the CUDA allocator peak, or on CPU the process's peak RSS during the timed steps.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import time
+from typing import Any, Callable, Optional
+
+from piti_core.bench import PeakMemory, _sync, count_flops, matmul_rate
+from piti_core.errors import UsageError
+
+TRAIN_VARIANTS = ("stage2", "stage1", "checkpointing", "bf16", "compiled")
+SAMPLE_VARIANTS = ("eager", "bf16", "compiled")
+OFFICIAL_RECIPE = {"sampler": "ddpm", "steps": "250", "upsampler_sampler": "ddpm", "upsampler_steps": "fast27",
+                   "upsampler_start": 1.0, "guided": True}
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _release_memory() -> None:
+    """Free what the last variant left behind, and give it back to the OS (glibc keeps freed chunks)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def default_variants(device) -> tuple[list[str], dict[str, str]]:
+    """The variants worth running on ``device`` and the reasons for the ones left out."""
+    from piti_core.precision import cpu_has_native_bf16
+
+    skipped = {}
+    train = list(TRAIN_VARIANTS)
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        skipped["bf16"] = ("this CPU has no AVX512-BF16/AMX: bf16 matmuls are emulated, 10-50x slower than "
+                           "fp32 (docs/performance.md); name it in --variants to run it anyway")
+        train.remove("bf16")
+    reason = compile_unavailable(device)
+    if reason:
+        skipped["compiled"] = reason
+        train.remove("compiled")
+    return train, skipped
+
+
+def compile_unavailable(device) -> Optional[str]:
+    """Why torch.compile cannot run here, or None."""
+    try:
+        from piti_core import compile as _compile  # noqa: F401
+    except ImportError:
+        return "piti_core.compile is not available in this install"
+    check = getattr(_compile, "compile_unavailable", None)
+    return check(device) if check is not None else None
+
+
+def _compile(model, device, purpose: str):
+    from piti_core.compile import compile_model
+
+    return compile_model(model, device=device, purpose=purpose)
+
+
+class _Batches:
+    """Stands in for the data stream: the same random batch at every step."""
+
+    def __init__(self, batch: dict):
+        self._batch = batch
+
+    def batch(self, i: int) -> dict:
+        return self._batch
+
+    def position(self, i: int) -> dict:
+        return {"epoch": 0, "batch_in_epoch": i}
+
+
+def _stage(cfg, name: str):
+    from piti_core.train.recipe import piti_stages
+
+    return next(s for s in piti_stages(cfg.train) if s.name == name)
+
+
+def _with_checkpointing(cfg, on: bool):
+    import attrs
+
+    return attrs.evolve(cfg, model=attrs.evolve(cfg.model, checkpointing=on))
+
+
+def _split(model, stage) -> tuple[list, list]:
+    """(optimizer groups, frozen modules) as ``piti train`` builds them for ``stage``."""
+    groups = [("encoder", [("encoder." + k, p) for k, p in model.encoder.named_parameters()], stage.lr)]
+    frozen = []
+    if stage.trains_decoder:
+        groups.append(("decoder", [("decoder." + k, p) for k, p in model.decoder.named_parameters()],
+                       stage.decoder_lr))
+    else:
+        model.decoder.requires_grad_(False)
+        frozen.append(model.decoder)
+    return groups, frozen
+
+
+def train_flops(cfg, stage, batch_size: int, cond_channels: int, seed: int = 0) -> int:
+    """Model FLOPs of one training step of ``stage`` (forward + backward of what it trains; counted on
+    the meta device, so it costs nothing). Recomputation by checkpointing is not counted."""
+    import torch
+
+    from piti_core.bench import _inputs
+    from piti_core.models.build import build_base
+
+    with torch.device("meta"):
+        model = build_base(_with_checkpointing(cfg, False), cond_channels)
+    _split(model, stage)
+    inputs = _inputs(cfg, cfg.model, batch_size, cond_channels, torch.device("meta"), seed)
+    model.train()
+
+    def step():
+        out = model(inputs["x_t"], inputs["timesteps"], inputs["cond"])
+        out.float().square().mean().backward()
+
+    return count_flops(step)
+
+
+# ------------------------------------------------------------------------------------------ training
+def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: int, warmup: int,
+                        cond_channels: int, seed: int = 0) -> dict[str, Any]:
+    """Time ``steps`` full training steps (after ``warmup``) of one variant of the base model."""
+    import torch
+
+    from piti_core.bench import _rss_bytes
+    from piti_core.models.build import build_base
+    from piti_core.precision import DTYPES
+    from piti_core.train.loop import Trainer
+    from piti_core.train.objectives import DiffusionObjective
+
+    if variant not in TRAIN_VARIANTS:
+        raise UsageError(f"unknown training variant '{variant}'; valid: {', '.join(TRAIN_VARIANTS)}")
+    stage = _stage(cfg, "stage1" if variant == "stage1" else "stage2")
+    vcfg = _with_checkpointing(cfg, variant == "checkpointing")
+    dtype = "bf16" if variant == "bf16" else "fp32"
+    _release_memory()
+    before = _rss_bytes("VmRSS") if device.type == "cpu" else None
+    torch.manual_seed(seed)
+    model = build_base(vcfg, cond_channels).to(device)
+    groups, frozen = _split(model, stage)
+    if variant == "compiled":
+        _compile(model, device, "train")
+    g = torch.Generator().manual_seed(seed)
+    s, c = cfg.model.image_size, cfg.encoder.cond_size
+    batch = {"image": torch.rand(batch_size, 3, s, s, generator=g) * 2 - 1,
+             "cond": torch.rand(batch_size, cond_channels, c, c, generator=g) * 2 - 1}
+    objective = DiffusionObjective(stage, vcfg, null_condition=torch.ones_like)
+    trainer = Trainer(model=model, groups=groups, loss_fn=objective, stream=_Batches(batch), tcfg=vcfg.train,
+                      device=device, dtype=DTYPES[dtype], aux=objective.aux(), frozen=tuple(frozen))
+    first = None
+    for i in range(warmup):
+        start = time.perf_counter()
+        trainer.train_step()
+        _sync(device)
+        first = time.perf_counter() - start if i == 0 else first
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        for _ in range(steps):
+            trainer.train_step()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    out = {"stage": stage.name, "dtype": dtype, "checkpointing": variant == "checkpointing",
+           "compiled": variant == "compiled", "step_s": elapsed / steps, "images_per_s": batch_size * steps / elapsed,
+           "trained_params": sum(p.numel() for _, ps, _ in groups for _, p in ps),
+           "params": sum(p.numel() for p in model.parameters()), "first_step_s": first}
+    out.update(mem.as_dict())
+    if before is not None:  # the process before the model existed (python, torch): not the variant's doing
+        out["process_before_bytes"] = before
+        out["peak_above_process_bytes"] = out["peak_memory_bytes"] - before
+    del trainer, model, objective
+    _release_memory()
+    return out
+
+
+# ------------------------------------------------------------------------------------------ sampling
+def bench_sample_step(cfg, which: str, variant: str, *, device, steps: int, warmup: int, cond_channels: int,
+                      seed: int = 0) -> dict[str, Any]:
+    """Seconds per sampling step for ONE image: the base model guided (2 rows), or the upsampler (1 row)."""
+    import torch
+
+    from piti_core.bench import _inputs
+    from piti_core.models.build import build_base, build_upsampler
+    from piti_core.precision import DTYPES, autocast
+
+    build, ucfg, rows = (build_base, cfg.model, 2) if which == "base" else (build_upsampler, cfg.upsampler, 1)
+    _release_memory()
+    torch.manual_seed(seed)
+    model = build(cfg, cond_channels).to(device).eval()
+    if variant == "compiled":
+        _compile(model, device, "sample")
+    dtype = DTYPES["bf16" if variant == "bf16" else "fp32"]
+    inputs = _inputs(cfg, ucfg, rows, cond_channels, device, seed)
+    with torch.no_grad(), autocast(device, dtype):
+        encoded = model.encode(inputs["cond"])
+
+    def evaluate():
+        with torch.no_grad(), autocast(device, dtype):
+            model.decode_encoded(inputs["x_t"], inputs["timesteps"], encoded, inputs.get("low_res"))
+
+    first = None
+    for i in range(warmup):
+        start = time.perf_counter()
+        evaluate()
+        _sync(device)
+        first = time.perf_counter() - start if i == 0 else first
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        for _ in range(steps):
+            evaluate()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    meta_flops = _eval_flops(cfg, which, rows, cond_channels, seed)
+    out = {"model": which, "rows": rows, "variant": variant, "step_s": elapsed / steps, "first_step_s": first,
+           "flops_per_step": meta_flops}
+    out.update(mem.as_dict())
+    del model, encoded
+    _release_memory()
+    return out
+
+
+def _eval_flops(cfg, which: str, rows: int, cond_channels: int, seed: int) -> int:
+    import torch
+
+    from piti_core.bench import _inputs
+    from piti_core.models.build import build_base, build_upsampler
+
+    build, ucfg = (build_base, cfg.model) if which == "base" else (build_upsampler, cfg.upsampler)
+    with torch.device("meta"):
+        model = build(cfg, cond_channels).eval()
+    inputs = _inputs(cfg, ucfg, rows, cond_channels, torch.device("meta"), seed)
+    with torch.no_grad():
+        encoded = model.encode(inputs["cond"])
+        return count_flops(lambda: model.decode_encoded(inputs["x_t"], inputs["timesteps"], encoded,
+                                                        inputs.get("low_res")))
+
+
+def recipe_steps(cfg, recipe: dict) -> dict[str, Any]:
+    """Model evaluations of one image under ``recipe`` (sampler, steps, upsampler_steps, upsampler_start)."""
+    from piti_core.diffusion import build_schedule
+    from piti_core.sampling import truncate_schedule
+
+    base = len(build_schedule(cfg.diffusion.schedule, cfg.diffusion.steps, recipe["steps"]).timestep_map)
+    up_schedule = build_schedule(cfg.diffusion.upsampler_schedule, cfg.diffusion.steps, recipe["upsampler_steps"])
+    if recipe["upsampler_start"] < 1.0:
+        up_schedule = truncate_schedule(up_schedule, cfg.diffusion.upsampler_schedule, recipe["upsampler_start"])
+    return {"base_evals": base, "upsampler_evals": len(up_schedule.timestep_map), "guided": recipe["guided"]}
+
+
+def preset_recipe(cfg) -> dict[str, Any]:
+    s = cfg.sample
+    return {"sampler": s.sampler, "steps": s.steps, "upsampler_sampler": s.upsampler_sampler,
+            "upsampler_steps": s.upsampler_steps, "upsampler_start": s.upsampler_start,
+            "guided": s.guidance != "none" and s.guidance_scale != 1}
+
+
+def recipe_cost(cfg, recipe: dict, base_guided_s: float, base_plain_s: float, upsampler_s: float) -> dict:
+    """Seconds for one image: base steps × step cost (guided: the 2-row pass) + upsampler steps × its cost."""
+    n = recipe_steps(cfg, recipe)
+    base_s = n["base_evals"] * (base_guided_s if n["guided"] else base_plain_s)
+    up_s = n["upsampler_evals"] * upsampler_s
+    return {**recipe, **n, "base_s": base_s, "upsampler_s": up_s, "seconds": base_s + up_s}
+
+
+# ------------------------------------------------------------------------------------------ the run
+def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2, warmup: int = 1,
+                cond_channels: int = 3, variants: Optional[list[str]] = None, sample: bool = True,
+                seed: int = 0, callback: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+    """All variants in one run; returns a dict (``piti bench --compare --json`` prints it)."""
+    import torch
+
+    from piti_core.bench import cpu_info
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    if steps < 1 or batch_size < 1 or warmup < 0:
+        raise UsageError("steps and batch size must be at least 1, warmup at least 0")
+    dev = torch.device(device)
+    notify = callback or (lambda info: None)
+    chosen, skipped = default_variants(dev)
+    if variants is not None:
+        bad = [v for v in variants if v not in TRAIN_VARIANTS]
+        if bad:
+            raise UsageError(f"unknown variant '{bad[0]}' in --variants; valid: {', '.join(TRAIN_VARIANTS)}")
+        chosen = [v for v in TRAIN_VARIANTS if v in variants]  # stage2 first: the reference
+        skipped = {k: v for k, v in skipped.items() if k not in variants}
+        if "compiled" in chosen and compile_unavailable(dev):
+            skipped["compiled"] = compile_unavailable(dev)
+            chosen.remove("compiled")
+    dtypes = ["fp32"] + (["bf16"] if "bf16" in chosen else [])
+    result: dict[str, Any] = {
+        "format": "piti-bench-compare/1", "preset": cfg.preset, "device": dev.type, "batch_size": batch_size,
+        "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_info()["cpu"],
+        "matmul": {}, "train": {}, "sample": {}, "skipped": skipped,
+    }
+    for dt in dtypes:
+        notify({"phase": f"matmul {dt}"})
+        rate, size = matmul_rate(dev, dt)
+        result["matmul"][dt] = {"flops_per_s": rate, "size": size}
+    flops = {}
+    # stage 1 before stage 2: the smaller footprint is measured before the process has grown
+    order = sorted(chosen, key=lambda v: 0 if v == "stage1" else 1)
+    for variant in order:
+        notify({"phase": f"train {variant}"})
+        r = bench_train_variant(cfg, variant, device=dev, batch_size=batch_size, steps=steps, warmup=warmup,
+                                cond_channels=cond_channels, seed=seed)
+        key = r["stage"]
+        if key not in flops:
+            flops[key] = train_flops(cfg, _stage(cfg, key), batch_size, cond_channels, seed)
+        r["flops_per_step"] = flops[key]
+        r["flops_per_s"] = flops[key] / r["step_s"]
+        r["fraction_of_matmul"] = r["flops_per_s"] / result["matmul"][r["dtype"]]["flops_per_s"]
+        result["train"][variant] = r
+    ref = result["train"].get("stage2")
+    for r in result["train"].values():
+        if ref is not None:
+            r["time_vs_stage2"] = r["step_s"] / ref["step_s"]
+            r["memory_vs_stage2"] = (r["peak_memory_bytes"] / ref["peak_memory_bytes"]
+                                     if r["peak_memory_bytes"] and ref["peak_memory_bytes"] else None)
+            if "peak_above_process_bytes" in r and "peak_above_process_bytes" in ref:
+                r["memory_above_process_vs_stage2"] = r["peak_above_process_bytes"] / ref["peak_above_process_bytes"]
+    if sample:
+        sample_variants = ["eager"] + [v for v in ("bf16", "compiled") if v in chosen]
+        for which in ("base", "upsampler"):
+            for variant in sample_variants:
+                notify({"phase": f"sample {which} {variant}"})
+                r = bench_sample_step(cfg, which, variant, device=dev, steps=steps, warmup=warmup,
+                                      cond_channels=cond_channels, seed=seed)
+                dt = "bf16" if variant == "bf16" else "fp32"
+                r["fraction_of_matmul"] = r["flops_per_step"] / r["step_s"] / result["matmul"][dt]["flops_per_s"]
+                result["sample"][f"{which}-{variant}"] = r
+            eager = result["sample"][f"{which}-eager"]["step_s"]
+            for variant in sample_variants:
+                entry = result["sample"][f"{which}-{variant}"]
+                entry["speedup_vs_eager"] = eager / entry["step_s"]
+        base2 = result["sample"]["base-eager"]["step_s"]
+        base1 = base2 / 2  # an unguided step runs one row; per-row cost at batch 2 (an upper bound on speed)
+        up = result["sample"]["upsampler-eager"]["step_s"]
+        official = recipe_cost(cfg, OFFICIAL_RECIPE, base2, base1, up)
+        default = recipe_cost(cfg, preset_recipe(cfg), base2, base1, up)
+        result["recipes"] = {"official": official, "default": default,
+                             "default_vs_official": default["seconds"] / official["seconds"]}
+    result["checks"] = checks(result)
+    return result
+
+
+def checks(result: dict) -> list[dict[str, Any]]:
+    """The issue's targets, evaluated on this run (value, target, ok)."""
+    out = []
+    train = result["train"]
+
+    def add(name, value, op, target):
+        if value is None:
+            return
+        ok = value >= target if op == ">=" else value <= target
+        out.append({"name": name, "value": value, "target": f"{op} {target}", "ok": bool(ok)})
+
+    if "stage2" in train:
+        add("stage 2 fraction of the fp32 matmul rate", train["stage2"]["fraction_of_matmul"], ">=", 0.8)
+    if "stage2" in train and "bf16" in train:
+        add("bf16 throughput vs fp32", train["stage2"]["step_s"] / train["bf16"]["step_s"], ">=", 1.7)
+    if "stage1" in train:
+        add("stage 1 step time vs stage 2", train["stage1"].get("time_vs_stage2"), "<=", 0.7)
+        add("stage 1 peak memory vs stage 2", train["stage1"].get("memory_vs_stage2"), "<=", 0.6)
+    if "recipes" in result:
+        add("default sampling cost vs the official recipe", result["recipes"]["default_vs_official"], "<=", 0.1)
+    return out

@@ -1,0 +1,53 @@
+"""``piti bench --compare``: the variants side by side on a very small model."""
+
+import json
+
+from click.testing import CliRunner
+
+from piti_cli.main import cli
+from piti_core.bench_compare import OFFICIAL_RECIPE, preset_recipe, recipe_steps
+from piti_core.config import resolve_config
+from tests.test_bench_cli import SMALL
+
+
+def test_compare_json_has_every_variant_with_ratios():
+    result = CliRunner().invoke(cli, ["bench", "--compare", "--preset", "tiny", *SMALL, "--steps", "1", "--warmup",
+                                      "0", "--batch-size", "2", "--variants", "stage1,stage2,checkpointing", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    train = data["train"]
+    assert set(train) == {"stage1", "stage2", "checkpointing"}
+    assert train["stage2"]["time_vs_stage2"] == 1.0
+    # stage 1 trains the encoder only, and its backward skips the decoder's weight gradients
+    assert train["stage1"]["trained_params"] < train["stage2"]["trained_params"] == train["stage2"]["params"]
+    assert train["stage1"]["flops_per_step"] < train["stage2"]["flops_per_step"]
+    assert train["checkpointing"]["checkpointing"] and train["checkpointing"]["flops_per_step"] == \
+        train["stage2"]["flops_per_step"]  # model FLOPs: recomputation is not counted
+    for t in train.values():
+        assert t["step_s"] > 0 and 0 < t["fraction_of_matmul"] < 5 and t["peak_memory_bytes"] > 0
+    assert set(data["sample"]) == {"base-eager", "upsampler-eager"}
+    rec = data["recipes"]
+    assert rec["official"]["base_evals"] == 250 and rec["official"]["upsampler_evals"] == 27
+    assert abs(rec["default_vs_official"] - rec["default"]["seconds"] / rec["official"]["seconds"]) < 1e-12
+    assert {c["name"] for c in data["checks"]} >= {"stage 1 step time vs stage 2", "stage 1 peak memory vs stage 2"}
+
+
+def test_compare_text_and_bad_variant():
+    runner = CliRunner()
+    ok = runner.invoke(cli, ["bench", "--compare", "--preset", "tiny", *SMALL, "--steps", "1", "--warmup", "0",
+                             "--variants", "stage2", "--no-sample"])
+    assert ok.exit_code == 0, ok.output
+    assert "stage2" in ok.stdout and "of matmul" in ok.stdout and "one image" not in ok.stdout
+    bad = runner.invoke(cli, ["bench", "--compare", "--preset", "tiny", "--variants", "stage3"])
+    assert bad.exit_code == 2 and "unknown variant 'stage3'" in bad.output and "Traceback" not in bad.output
+    alone = runner.invoke(cli, ["bench", "--preset", "tiny", "--variants", "stage1"])
+    assert alone.exit_code == 2 and "--compare" in alone.output
+
+
+def test_recipe_steps_follow_the_sampling_settings():
+    cfg = resolve_config(preset="tiny", overrides=["sample.steps=20", "sample.upsampler_start=0.4"])
+    steps = recipe_steps(cfg, preset_recipe(cfg))
+    assert steps["base_evals"] == 20 and 0 < steps["upsampler_evals"] < 27
+    assert recipe_steps(cfg, OFFICIAL_RECIPE)["upsampler_evals"] == 27
+    unguided = resolve_config(preset="tiny", overrides=["sample.guidance_scale=1"])
+    assert preset_recipe(unguided)["guided"] is False
