@@ -18,7 +18,8 @@ def print_compare(r: dict) -> None:
     echo(f"{r['preset']} on {r['device_name']} ({r['device']}, {r['threads']} threads), torch {r['torch']}, "
          f"batch {r['batch_size']}, {r['steps']} timed steps after {r['warmup']} warm-up")
     for dt, m in r["matmul"].items():
-        echo(f"{m['size']}x{m['size']} {dt} matmul: {m['flops_per_s'] / 1e9:,.1f} GFLOP/s")
+        spread = ", ".join(f"{x / 1e9:.0f}" for x in m["probes"])
+        echo(f"{m['size']}x{m['size']} {dt} matmul: {m['flops_per_s'] / 1e9:,.1f} GFLOP/s (median of {spread})")
     if r["train"]:
         echo("")
         echo("training step (base model; objective + AdamW + EMA)")

@@ -13,7 +13,8 @@ One process, one matmul calibration, then for the base model of the preset (rand
   250 guided base steps + fast27 upsampler steps from pure noise) against the preset's sampling settings.
 
 Each variant is a ratio to its reference (stage 2 eager fp32; eager fp32 sampling) and a fraction of
-the matmul rate measured in the same run and dtype. Variants that cannot run here (bf16 on a CPU
+the matmul rate measured in the same run and dtype: a square matmul is timed before every variant and
+at the end, and the median is used, so a shared machine's load swings move both sides alike. Variants that cannot run here (bf16 on a CPU
 without AVX512-BF16/AMX, compile without a C++ compiler) are listed under ``skipped`` with the reason.
 Peak memory is the CUDA allocator peak, or on CPU the process's peak RSS during the timed steps.
 """
@@ -313,15 +314,22 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_info()["cpu"],
         "matmul": {}, "train": {}, "sample": {}, "skipped": skipped,
     }
-    for dt in dtypes:
-        notify({"phase": f"matmul {dt}"})
-        rate, size = matmul_rate(dev, dt)
-        result["matmul"][dt] = {"flops_per_s": rate, "size": size}
+    probes: dict[str, list] = {dt: [] for dt in dtypes}
+
+    def calibrate():  # before every variant and at the end: the median is robust to a shared machine's swings
+        for dt in dtypes:
+            rate, size = matmul_rate(dev, dt)
+            probes[dt].append(rate)
+            result["matmul"][dt] = {"flops_per_s": _median(probes[dt]), "size": size, "probes": list(probes[dt])}
+
+    notify({"phase": "matmul"})
+    calibrate()
     flops = {}
     # stage 1 before stage 2: the smaller footprint is measured before the process has grown
     order = sorted(chosen, key=lambda v: 0 if v == "stage1" else 1)
     for variant in order:
         notify({"phase": f"train {variant}"})
+        calibrate()
         r = bench_train_variant(cfg, variant, device=dev, batch_size=batch_size, steps=steps, warmup=warmup,
                                 cond_channels=cond_channels, seed=seed)
         key = r["stage"]
@@ -329,7 +337,6 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
             flops[key] = train_flops(cfg, _stage(cfg, key), batch_size, cond_channels, seed)
         r["flops_per_step"] = flops[key]
         r["flops_per_s"] = flops[key] / r["step_s"]
-        r["fraction_of_matmul"] = r["flops_per_s"] / result["matmul"][r["dtype"]]["flops_per_s"]
         result["train"][variant] = r
     ref = result["train"].get("stage2")
     for r in result["train"].values():
@@ -344,10 +351,10 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
         for which in ("base", "upsampler"):
             for variant in sample_variants:
                 notify({"phase": f"sample {which} {variant}"})
+                calibrate()
                 r = bench_sample_step(cfg, which, variant, device=dev, steps=steps, warmup=warmup,
                                       cond_channels=cond_channels, seed=seed)
-                dt = "bf16" if variant == "bf16" else "fp32"
-                r["fraction_of_matmul"] = r["flops_per_step"] / r["step_s"] / result["matmul"][dt]["flops_per_s"]
+                r["dtype"] = "bf16" if variant == "bf16" else "fp32"
                 result["sample"][f"{which}-{variant}"] = r
             eager = result["sample"][f"{which}-eager"]["step_s"]
             for variant in sample_variants:
@@ -360,8 +367,16 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
         default = recipe_cost(cfg, preset_recipe(cfg), base2, base1, up)
         result["recipes"] = {"official": official, "default": default,
                              "default_vs_official": default["seconds"] / official["seconds"]}
+    calibrate()
+    for r in (*result["train"].values(), *result["sample"].values()):
+        r["fraction_of_matmul"] = r["flops_per_step"] / r["step_s"] / result["matmul"][r["dtype"]]["flops_per_s"]
     result["checks"] = checks(result)
     return result
+
+
+def _median(values: list) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 
 
 def checks(result: dict) -> list[dict[str, Any]]:
