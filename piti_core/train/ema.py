@@ -26,8 +26,9 @@ class EMA:
     @torch.no_grad()
     def update(self, params: dict[str, nn.Parameter]) -> None:
         rate = self.current_rate()
-        for k, p in params.items():
-            self.shadow[k].lerp_(p.detach().float(), 1.0 - rate)
+        shadows = [self.shadow[k] for k in params]
+        values = [p.detach().float() for p in params.values()]
+        torch._foreach_lerp_(shadows, values, 1.0 - rate)  # one multi-tensor pass, not one kernel per tensor
         self.updates += 1
 
     def state_dict(self) -> dict[str, torch.Tensor]:

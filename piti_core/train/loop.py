@@ -115,6 +115,24 @@ class BatchStream:
         return next(self._iter)
 
 
+@torch.no_grad()
+def clip_grad_norm(params, max_norm: float) -> float:
+    """``torch.nn.utils.clip_grad_norm_`` that touches the gradients only when they are clipped.
+
+    torch always multiplies every gradient by ``min(1, max_norm / norm)`` (to avoid a device sync); on
+    a 338M-parameter model that is a full pass over 1.35 GB of gradients per step for a factor of 1.0
+    almost every time. Here the norm is one multi-tensor pass, and the scaling happens only when the
+    norm exceeds ``max_norm`` (same result: multiplying by 1.0 is exact). Returns the total norm.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    total = float(torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)])))
+    if math.isfinite(total) and total > max_norm:
+        torch._foreach_mul_(grads, max_norm / (total + 1e-6))
+    return total
+
+
 def _adamw_impl(device: torch.device) -> dict[str, bool]:
     """AdamW's fused kernel (one pass over each tensor) on CPU and CUDA, else the multi-tensor one."""
     return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
@@ -177,7 +195,7 @@ class Trainer:
         self.scaler.unscale_(self.opt)
         params = list(self.named.values())
         clip = self.tcfg.grad_clip if self.tcfg.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        grad_norm = clip_grad_norm(params, clip)
         loss = sum(losses) / accum
         finite = math.isfinite(loss) and math.isfinite(grad_norm)
         if finite or self.scaler.is_enabled():

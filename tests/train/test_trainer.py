@@ -91,3 +91,22 @@ def test_frozen_modules_run_without_dropout_unless_asked(frozen_dropout):
     trainer.train_step()
     trainer.train_step()
     assert seen == [(True, frozen_dropout)] * 2
+
+
+@pytest.mark.parametrize("scale", [0.01, 10.0])
+def test_clip_grad_norm_matches_torch(scale):
+    from piti_core.train.loop import clip_grad_norm
+
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(n)) for n in (10, 300, 7)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for p, q in zip(ours, ref):
+        p.grad = torch.randn_like(p) * scale
+        q.grad = p.grad.clone()
+    ref.append(torch.nn.Parameter(torch.zeros(3)))  # a parameter without a gradient is ignored by both
+    ours.append(ref[-1])
+    norm = clip_grad_norm(ours, 1.0)
+    assert norm == pytest.approx(float(torch.nn.utils.clip_grad_norm_(ref, 1.0)), rel=1e-6)
+    assert (norm > 1.0) == (scale == 10.0)
+    for p, q in zip(ours[:-1], ref[:-1]):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
