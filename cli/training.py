@@ -21,6 +21,12 @@ def common_train_options(func):
     @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
                   help="Compute precision (default: train.dtype).")
     @click.option("--no-preview", is_flag=True, help="Do not write sample grids during training.")
+    @click.option("--compile", "use_compile", is_flag=True,
+                  help="torch.compile the models (the first step compiles; see docs/compile.md).")
+    @click.option("--dry-run", is_flag=True,
+                  help="Estimate each stage's peak memory, compare it with the device's and suggest batch / "
+                       "accumulation / checkpointing flags that fit; trains nothing, writes nothing.")
+    @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the estimate as JSON on stdout.")
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         return func(*args, **kwargs)
@@ -142,13 +148,24 @@ class Display:
 
 
 def run_training(config, *, task, stages, prior_dir, default_name: str, next_hint, out, resume, overwrite, data,
-                 skip_bad, device, dtype, no_preview, source: str = "train", scratch: bool = False) -> None:
+                 skip_bad, device, dtype, no_preview, dry_run: bool = False, as_json: bool = False,
+                 source: str = "train", scratch: bool = False, use_compile: bool = False) -> None:
     import torch
+
+    cfg = _apply_overrides(config, data, skip_bad, dtype)
+    if dry_run:  # advisory: exit 0 whatever the verdict (docs/memory.md)
+        from piti_cli.preflight_view import show_preflight
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        show_preflight(cfg, task=task, stages=stages, device=device, dtype=None, as_json=as_json,
+                       previews=not no_preview)
+        return
+    if as_json:
+        raise click.UsageError("--json goes with --dry-run (a training run prints its directory)")
 
     from piti_core.train.finetune import train
     from piti_core.train.session import Interrupted
 
-    cfg = _apply_overrides(config, data, skip_bad, dtype)
     run_dir = Path(out) if out else (_default_out(default_name) if not resume else None)
     if run_dir is None:
         raise click.UsageError("--resume needs --out RUN_DIR")
@@ -167,7 +184,7 @@ def run_training(config, *, task, stages, prior_dir, default_name: str, next_hin
     try:
         train(cfg, task=task, run_dir=run_dir, stages=stages, prior_dir=prior_dir, resume=resume, overwrite=overwrite,
               device=device, callback=display, should_stop=lambda: stop["flag"], previews=not no_preview,
-              source=source, scratch=scratch)
+              source=source, scratch=scratch, compile=use_compile)
     except Interrupted as exc:
         display.close()
         click.echo(f"{exc}; resume with: piti {click.get_current_context().info_name} --out {run_dir} --resume "

@@ -64,12 +64,14 @@ def default_variants(device) -> tuple[list[str], dict[str, str]]:
 
 def compile_unavailable(device) -> Optional[str]:
     """Why torch.compile cannot run here, or None."""
+    from piti_core.compile import check_available
+    from piti_core.errors import CompileError
+
     try:
-        from piti_core import compile as _compile  # noqa: F401
-    except ImportError:
-        return "piti_core.compile is not available in this install"
-    check = getattr(_compile, "compile_unavailable", None)
-    return check(device) if check is not None else None
+        check_available(device)
+    except CompileError as exc:
+        return str(exc)
+    return None
 
 
 def _compile(model, device, purpose: str):
@@ -234,9 +236,7 @@ def bench_sample_step(cfg, which: str, variant: str, *, device, steps: int, warm
     out = {"model": which, "rows": rows, "variant": variant, "step_s": elapsed / steps, "first_step_s": first,
            "flops_per_step": meta_flops}
     out.update(mem.as_dict())
-    del model, encoded
-    _release_memory()
-    return out
+    return out  # the model is freed when this frame goes; the next variant releases the memory first
 
 
 def _eval_flops(cfg, which: str, rows: int, cond_channels: int, seed: int) -> int:

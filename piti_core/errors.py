@@ -41,3 +41,7 @@ class CheckpointError(PitiError):
 
 class TrainingError(PitiError):
     """Training cannot go on (e.g. repeated non-finite losses)."""
+
+
+class CompileError(PitiError):
+    """``--compile`` cannot work here (no C++ compiler, no Triton) or torch.compile failed on a model."""

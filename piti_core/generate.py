@@ -34,12 +34,13 @@ def list_inputs(source: str | Path) -> list[Path]:
 
 
 def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, settings, *, device: str = "cpu",
-                 dtype: str = "fp32", overwrite: bool = False,
+                 dtype: str = "fp32", overwrite: bool = False, compile: bool = False,
                  callback: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Sample every input with the run's models and write the results; returns the written paths.
 
     ``settings`` is a :class:`piti_core.config.SampleConfig` (the run's ``sample`` section with the
-    command line's changes); the run's own config supplies everything else.
+    command line's changes); the run's own config supplies everything else. ``compile`` runs the
+    decoders through torch.compile (:func:`piti_core.compile.compile_model`, docs/compile.md).
     """
     from piti_core.diffusion import get_guidance, get_sampler
     from piti_core.io import check_writable
@@ -61,6 +62,11 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
     device = torch.device(device)
     compute = resolve_dtype(dtype, device)
     run = load_run(run_dir, names=names, device=device, extra_sections=host.task_sections())
+    if compile:
+        from piti_core.compile import compile_model
+
+        for model in run.models.values():
+            compile_model(model, device=device, purpose="sample")
     cfg = attrs.evolve(run.config, sample=settings)
     conds = [task.preprocess(p, cfg) for p in inputs]  # bad inputs fail here, before any sampling
     stems = _unique_stems(inputs)
@@ -88,7 +94,8 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
             rows.append([vis, (base[i].float().cpu() + 1) / 2, (final[i].float().cpu() + 1) / 2])
             written.append({"input": str(inputs[start + i]), **{k: str(v) for k, v in files.items()}})
     save_grid(out_dir / "grid.png", rows)
-    record = {"run": str(Path(run_dir)), "task": task.name, "models": names, "settings": {**attrs.asdict(settings), "device": str(device), "dtype": dtype},
+    record = {"run": str(Path(run_dir)), "task": task.name, "models": names,
+              "settings": {**attrs.asdict(settings), "device": str(device), "dtype": dtype, "compile": compile},
               "outputs": written}
     from piti_core.io import atomic_write_text
 

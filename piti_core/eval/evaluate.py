@@ -56,13 +56,14 @@ class Evaluation:
 
 def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None = None, device: str = "cpu",
              dtype: str = "fp32", fid: bool = True, fid_weights: str | None = None, sample_dir: Path | None = None,
-             grid_items: int = 8, callback: Callback | None = None) -> Evaluation:
+             grid_items: int = 8, callback: Callback | None = None, compile: bool = False) -> Evaluation:
     """Sample the first ``n`` (default all) validation items of the run's data set and score them.
 
     ``settings`` is the run's :class:`~piti_core.config.SampleConfig` with the caller's changes;
     ``data_root`` replaces the run's ``data.root`` (format detected). ``sample_dir`` receives one PNG
     per sample. ``fid_weights`` is passed to :func:`~piti_core.eval.inception.load_fid_inception`; when
     it is None and the default weights are missing, FID/KID are reported as unavailable with a note.
+    ``compile`` runs the decoders through torch.compile (:func:`piti_core.compile.compile_model`).
     """
     from piti_core.diffusion import get_guidance, get_sampler
     from piti_core.plugins import get_plugin_manager
@@ -81,6 +82,11 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
     dev = torch.device(device)
     compute = resolve_dtype(dtype, dev)
     run = load_run(run_dir, names=names, device=dev, extra_sections=host.task_sections())
+    if compile:
+        from piti_core.compile import compile_model
+
+        for model in run.models.values():
+            compile_model(model, device=dev, purpose="sample")
     cfg = attrs.evolve(run.config, sample=settings)
     if data_root is not None:
         cfg = attrs.evolve(cfg, data=attrs.evolve(cfg.data, root=str(data_root), format="auto"))
@@ -168,7 +174,8 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
         "format": EVAL_FORMAT, "run": str(run_dir), "task": task.name, "models": names,
         "data": {"root": str(ds.root), "format": ds.index.format, "split": "val", "n": total, "available": len(ds),
                  "toy_world": toy, "resolution": resolution, "resize": cfg.data.resize},
-        "settings": {**attrs.asdict(settings), "device": str(dev), "dtype": str(compute).replace("torch.", "")},
+        "settings": {**attrs.asdict(settings), "device": str(dev), "dtype": str(compute).replace("torch.", ""),
+                     "compile": compile},
         "metrics": {k: _finite(v) for k, v in metrics.items()},
         "metric_info": info,
         "reference": {"cache": str(_cache_path(ref_key)) if inception is not None else None,

@@ -107,12 +107,13 @@ def _upsampler_parts(cfg, device):
 
 
 def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, device, world: int = 1,
-                callback: Callback | None = None, datasets: dict | None = None, fewshot=None):
+                callback: Callback | None = None, datasets: dict | None = None, fewshot=None, compile: bool = False):
     """A zero-argument builder for :func:`run_stage`.
 
     ``datasets`` caches the training sets by (size, kind), so the three base stages index and
     validate the data set once. ``fewshot`` (a :class:`~piti_core.train.fewshot.FewShot`) narrows
-    the training set to the few-shot pairs with their strong augmentation.
+    the training set to the few-shot pairs with their strong augmentation. ``compile`` compiles the
+    model in place after moving it to ``device`` (:func:`piti_core.compile.compile_model`).
     """
     datasets = {} if datasets is None else datasets
     from piti_core.models.build import build_model
@@ -129,6 +130,10 @@ def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, d
             state = load_stage_weights(run_dir, stage.encoder_init)
             model.encoder.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("encoder.")})
         model.to(device)
+        if compile:
+            from piti_core.compile import compile_model
+
+            compile_model(model, device=device, purpose="train")
         groups = [("encoder", _named(model.encoder, "encoder."), stage.lr)]
         frozen = []
         if stage.trains_decoder:
@@ -185,6 +190,7 @@ def _dataset(cfg, task, split: str, size: int, text: bool, train: bool = True, c
 # ------------------------------------------------------------------------------------------ previews
 def make_preview(cfg, task, run_dir: Path, device, n: int = 4):
     """A function writing ``samples/<stage>-<step>.png``: condition | EMA sample | ground truth."""
+    from piti_core.compile import uncompile
     from piti_core.sampling import sample_base, sample_upsampler, save_grid
 
     cache: dict[str, dict] = {}
@@ -198,7 +204,7 @@ def make_preview(cfg, task, run_dir: Path, device, n: int = 4):
             items = [ds[i] for i in range(min(n, len(ds)))]
             cache[stage.model] = {k: torch.stack([it[k] for it in items]) for k in ("image", "cond")}
         batch = cache[stage.model]
-        ema = copy.deepcopy(trainer.model)
+        ema = uncompile(copy.deepcopy(trainer.model))  # a few preview steps do not pay for a compilation
         ema.load_state_dict(trainer.ema_model_state())
         ema.eval()
         cond, gt = batch["cond"].to(device), batch["image"].to(device)
@@ -230,11 +236,12 @@ def make_preview(cfg, task, run_dir: Path, device, n: int = 4):
 # ------------------------------------------------------------------------------------------ entry points
 def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, resume: bool, overwrite: bool,
           device: str = "cpu", callback: Callback | None = None, should_stop: Callable[[], bool] = lambda: False,
-          previews: bool = True, source: str = "train", scratch: bool = False) -> Path:
+          previews: bool = True, source: str = "train", scratch: bool = False, compile: bool = False) -> Path:
     """Run ``stages`` into ``run_dir`` and write the finished run; returns ``run_dir``.
 
     ``scratch=True`` (``piti train --prior none``) starts every decoder from its random (seeded)
     initialisation instead of a prior: the "trained from scratch" baseline of PITI's comparison.
+    ``compile=True`` (``--compile``) runs each stage's model through torch.compile (docs/compile.md).
     """
     from piti_core.config import save_config
     from piti_core.precision import resolve_dtype
@@ -248,6 +255,10 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
     info = init_distributed(dev0)
     dev = device_for(info, device)
     dtype = resolve_dtype(cfg.train.dtype, dev)
+    if compile:  # refused before the run directory is touched
+        from piti_core.compile import check_available
+
+        check_available(dev)
     datasets: dict = {}
     fewshot = None
     if task is not None and cfg.fewshot.shots > 0 and stages:
@@ -282,7 +293,8 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
                 _emit(callback, event="skip-stage", stage=stage.name)
                 continue
             build = build_stage(stage, cfg, task=task, run_dir=run_dir, prior=prior, device=dev, world=info.world,
-                                callback=callback if info.rank == 0 else None, datasets=datasets, fewshot=fewshot)
+                                callback=callback if info.rank == 0 else None, datasets=datasets, fewshot=fewshot,
+                                compile=compile)
             results[stage.model] = run_stage(stage, stage.index, run_dir=run_dir, build=build, tcfg=cfg.train, device=dev,
                                              dtype=dtype, callback=callback, should_stop=should_stop,
                                              preview=preview, rank=info.rank, world=info.world,
