@@ -63,17 +63,20 @@ def task_option(required: bool = True):
     return click.option("--task", required=required, callback=callback, help="Task name (see `piti tasks`).")
 
 
-SAMPLE_KEYS = ("sampler", "steps", "upsampler_steps", "upsampler_start", "guidance", "guidance_scale")
+SAMPLE_KEYS = ("sampler", "steps", "upsampler_sampler", "upsampler_steps", "upsampler_start", "guidance",
+               "guidance_scale")
 
 
 def sampling_options(func):
-    """--sampler, --steps, --upsampler-steps, --upsampler-start, --guidance, --guidance-scale: changes to
-    the run's ``sample`` section (None = keep the run's value); see :func:`sample_changes`."""
+    """--sampler, --steps, --upsampler-sampler, --upsampler-steps, --upsampler-start, --guidance, --guidance-scale:
+    changes to the run's ``sample`` section (None = keep the run's value); see :func:`sample_changes`."""
     options = [
         click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), default=None,
                      help="Base sampler (default: the run's sample.sampler)."),
         click.option("--steps", default=None,
                      help="Base respacing: 250, 50, ddim25, ... (default: the run's sample.steps)."),
+        click.option("--upsampler-sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), default=None,
+                     help="Upsampler sampler (default: the run's sample.upsampler_sampler, ddpm)."),
         click.option("--upsampler-steps", default=None, help="Upsampler respacing (default: the run's, fast27)."),
         click.option("--upsampler-start", type=click.FloatRange(0, 1, min_open=True), default=None,
                      help="Start the upsampler at this fraction of T from its noised low-res input "

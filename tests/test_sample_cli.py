@@ -66,3 +66,27 @@ def test_bad_input_is_one_line(run_dir, tmp_path):
     assert "broken.png" in res.output and "Traceback" not in res.output
     res = _sample(run_dir, tmp_path / "missing", tmp_path / "out")
     assert res.exit_code == 1 and "no such file or folder" in res.output
+
+
+def test_upsampler_sampler_option_reaches_the_upsampler_only(run_dir, sketches, tmp_path, monkeypatch):
+    from piti_core.diffusion import samplers
+
+    calls = []
+
+    def spy(name):
+        real = samplers.SAMPLERS[name]
+
+        def sampler(model_fn, x, schedule, **kw):
+            calls.append((name, x.shape[-1]))
+            return real(model_fn, x, schedule, **kw)
+        return sampler
+
+    for name in ("ddpm", "ddim"):
+        monkeypatch.setitem(samplers.SAMPLERS, name, spy(name))
+    res = _sample(run_dir, sketches, tmp_path / "ddim", "--upsampler-sampler", "ddim")
+    assert res.exit_code == 0, res.output
+    assert calls == [("ddpm", 32), ("ddim", 64)] * 2  # two batches: base with ddpm, upsampler with ddim
+    settings = json.loads((tmp_path / "ddim" / "settings.json").read_text())["settings"]
+    assert settings["upsampler_sampler"] == "ddim" and settings["sampler"] == "ddpm"
+    res = _sample(run_dir, sketches, tmp_path / "bad", "--upsampler-sampler", "euler")
+    assert res.exit_code == 2 and "euler" in res.output
