@@ -39,7 +39,8 @@ class _ExactModel:
 
 @pytest.mark.parametrize("start", [1.0, 0.4])
 def test_sampling_starts_at_the_given_level(start):
-    cfg = resolve_config("tiny", [], [f"sample.upsampler_start={start}", "sample.upsampler_sampler=ddim"])
+    cfg = resolve_config("tiny", [], [f"sample.upsampler_start={start}", "sample.upsampler_sampler=ddim",
+                                        "sample.upsampler_steps=fast27"])
     model = _ExactModel()
     low = torch.rand(2, 3, 32, 32) * 2 - 1
     out = sample_upsampler(model, low, torch.zeros(2, 1, 64, 64), cfg, generator=torch.Generator().manual_seed(0))
