@@ -28,6 +28,7 @@ def command(task: str, prior: str | None, stage: str | None, config, **opts) -> 
     from piti_core.train.finetune import finetune_stages, shipped_prior
 
     the_task = get_plugin_manager().task(task)
+    prior = _resumed_prior(prior, opts)
     scratch = prior == "none"
     prior_dir = None if scratch else Path(prior) if prior else shipped_prior(config.preset)
     if scratch:
@@ -37,6 +38,26 @@ def command(task: str, prior: str | None, stage: str | None, config, **opts) -> 
     stages = finetune_stages(config, stage)
     run_training(config, task=the_task, stages=stages, prior_dir=prior_dir, default_name=f"{task}-{config.preset}",
                  next_hint=_next_hint, scratch=scratch, **opts)
+
+
+def _resumed_prior(prior: str | None, opts: dict) -> str | None:
+    """With --resume, the prior the run started from (prior.json): a run from scratch stays one."""
+    if not opts.get("resume") or not opts.get("out"):
+        return prior
+    from piti_core.train.finetune import saved_prior_choice
+
+    known, saved = saved_prior_choice(Path(opts["out"]))
+    if not known:
+        return prior
+    if prior is None:
+        return saved  # None: the shipped prior, as when the run started
+    same = prior == saved or (prior != "none" and saved not in (None, "none")
+                              and Path(prior).resolve() == Path(saved).resolve())
+    if not same:
+        started = "--prior none" if saved == "none" else f"--prior {saved}" if saved else "the shipped prior"
+        raise click.UsageError(f"{opts['out']} was started with {started}; resume it with the same prior "
+                               "(or drop --prior to reuse it)")
+    return prior
 
 
 def _next_hint(run) -> str:

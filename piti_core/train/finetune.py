@@ -271,6 +271,7 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
         if not resume:
             save_config(cfg, run_dir / "config.json")
+            save_prior_choice(run_dir, "none" if scratch else str(prior_dir) if prior_dir is not None else None)
     if info.enabled:
         import torch.distributed as dist
 
@@ -312,6 +313,31 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
     finally:
         shutdown(info)
     return run_dir
+
+
+PRIOR_JSON = "prior.json"
+
+
+def save_prior_choice(run_dir: Path, prior: str | None) -> None:
+    """Record where the decoders came from ("none" = from scratch), so ``--resume`` can reuse it."""
+    import json
+
+    from piti_core.io import atomic_write_text
+
+    atomic_write_text(Path(run_dir) / PRIOR_JSON, json.dumps({"prior": prior}) + "\n")
+
+
+def saved_prior_choice(run_dir: Path) -> tuple[bool, str | None]:
+    """``(known, prior)`` recorded by :func:`save_prior_choice`; ``known`` is False for runs written before it."""
+    import json
+
+    path = Path(run_dir) / PRIOR_JSON
+    if not path.is_file():
+        return False, None
+    try:
+        return True, json.loads(path.read_text(encoding="utf-8"))["prior"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{path} is not a valid prior record; delete it and pass --prior again") from None
 
 
 def _emit(callback, **event):

@@ -33,7 +33,7 @@ from piti_core.train.recipe import Stage
 
 Callback = Callable[[dict], None]
 RUN_ENTRIES = ("config.json", "progress.json", "metrics.jsonl", "samples", "stages", "checkpoints", "run.json",
-               "fewshot.json", "base.safetensors", "upsampler.safetensors", "text_base.safetensors",
+               "fewshot.json", "prior.json", "base.safetensors", "upsampler.safetensors", "text_base.safetensors",
                "text_upsampler.safetensors")
 
 
