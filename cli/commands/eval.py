@@ -62,6 +62,9 @@ def command(run_dir, data_root, n, out, overwrite, batch_size, seed, device, dty
     out_dir = Path(out) if out else Path(run_dir) / "eval" / (
         f"val-n{n or 'all'}-{settings.sampler}{settings.steps}-seed{settings.seed}")
     check_writable(out_dir, overwrite)
+    if overwrite:  # the previous evaluation's sample PNGs go; other files in the folder are left alone
+        for old in sorted((out_dir / "samples").glob("*.png")):
+            old.unlink()
     with _Progress(err_console, warn) as progress:
         result = evaluate(run_dir, settings, data_root=data_root, n=n, device=device, dtype=dtype, fid=not no_fid,
                           fid_weights=fid_weights, sample_dir=out_dir / "samples", grid_items=grid_items,

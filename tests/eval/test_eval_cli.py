@@ -160,3 +160,14 @@ def test_toy_world_reports_oracle_fid_labelled_apart(run_dir, tmp_path, monkeypa
     assert _finite(m["oracle_fid"]) and m["oracle_fid"] > 0 and _finite(m["oracle_kid"])
     assert info["oracle_fid"]["label"] == "oracle FID" and "NOT comparable" in info["oracle_fid"]["note"]
     assert "not comparable" in (out / "report.html").read_text().lower()
+
+
+def test_overwrite_replaces_the_previous_samples_only(run_dir, tmp_path):
+    out = tmp_path / "out"
+    assert _eval(run_dir, out, "--n", "4", "--no-fid").exit_code == 0
+    (out / "keep.txt").write_text("mine")
+    assert len(list((out / "samples").glob("*.png"))) == 4
+    res = _eval(run_dir, out, "--n", "2", "--no-fid", "--overwrite")
+    assert res.exit_code == 0, res.output
+    assert len(list((out / "samples").glob("*.png"))) == 2  # no stale samples of the earlier, larger run
+    assert (out / "keep.txt").read_text() == "mine"
