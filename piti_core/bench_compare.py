@@ -6,7 +6,7 @@ One process, one matmul calibration, then for the base model of the preset (rand
   AdamW, EMA; random batches instead of data): ``stage2`` (encoder + decoder, the reference),
   ``stage1`` (frozen decoder: no weight gradients, no optimizer state, eval-mode dropout),
   ``checkpointing`` (stage 2 with ``model.checkpointing``), ``bf16`` (stage 2 under bf16 autocast),
-  ``compiled`` (stage 2 with ``torch.compile``);
+  ``compiled`` (stage 2 with ``torch.compile``), ``compiled-bf16`` (both: the GPU configuration);
 * **sampling** — seconds per step for one image: the base model with classifier-free guidance (one
   batched pass over 2 rows) and the upsampler, eager, and compiled / bf16 where asked;
 * **recipes** — seconds per 256×256 image as model evaluations × step cost: the official recipe (DDPM
@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 from piti_core.bench import PeakMemory, _sync, matmul_rate
 from piti_core.errors import UsageError
 
-TRAIN_VARIANTS = ("stage2", "stage1", "checkpointing", "bf16", "compiled")
+TRAIN_VARIANTS = ("stage2", "stage1", "checkpointing", "bf16", "compiled", "compiled-bf16")
 OFFICIAL_RECIPE = {"sampler": "ddpm", "steps": "250", "upsampler_sampler": "ddpm", "upsampler_steps": "fast27",
                    "upsampler_start": 1.0, "guided": True}
 
@@ -58,7 +58,14 @@ def default_variants(device) -> tuple[list[str], dict[str, str]]:
     if reason:
         skipped["compiled"] = reason
         train.remove("compiled")
+    if "bf16" not in train or "compiled" not in train:
+        train.remove("compiled-bf16")  # its reason is the one given for bf16 or compiled
     return train, skipped
+
+
+def _dtype(variant: str) -> str:
+    """The compute dtype of a variant: bf16 for ``bf16`` and ``compiled-bf16``, fp32 otherwise."""
+    return "bf16" if variant.endswith("bf16") else "fp32"
 
 
 def compile_unavailable(device) -> Optional[str]:
@@ -157,13 +164,13 @@ def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: in
         raise UsageError(f"unknown training variant '{variant}'; valid: {', '.join(TRAIN_VARIANTS)}")
     stage = _stage(cfg, "stage1" if variant == "stage1" else "stage2")
     vcfg = _with_checkpointing(cfg, variant == "checkpointing")
-    dtype = "bf16" if variant == "bf16" else "fp32"
+    dtype = _dtype(variant)
     _release_memory()
     before = _rss_bytes("VmRSS") if device.type == "cpu" else None
     torch.manual_seed(seed)
     model = build_base(vcfg, cond_channels).to(device)
     groups, frozen = stage_parameters(model, stage)
-    if variant == "compiled":
+    if variant.startswith("compiled"):
         _compile(model, device, "train")
     g = torch.Generator().manual_seed(seed)
     s, c = cfg.model.image_size, cfg.encoder.cond_size
@@ -174,7 +181,7 @@ def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: in
                       device=device, dtype=DTYPES[dtype], aux=objective.aux(), frozen=tuple(frozen))
     timing = _measure(trainer.train_step, steps=steps, warmup=warmup, device=device)
     out = {"stage": stage.name, "dtype": dtype, "checkpointing": variant == "checkpointing",
-           "compiled": variant == "compiled", "images_per_s": batch_size / timing["step_s"],
+           "compiled": variant.startswith("compiled"), "images_per_s": batch_size / timing["step_s"],
            "trained_params": sum(p.numel() for _, ps, _ in groups for _, p in ps),
            "params": sum(p.numel() for p in model.parameters()), **timing}
     if before is not None:  # the process before the model existed (python, torch): not the variant's doing
@@ -199,9 +206,9 @@ def bench_sample_step(cfg, which: str, variant: str, *, device, steps: int, warm
     _release_memory()
     torch.manual_seed(seed)
     model = build(cfg, cond_channels).to(device).eval()
-    if variant == "compiled":
+    if variant.startswith("compiled"):
         _compile(model, device, "sample")
-    dtype = DTYPES["bf16" if variant == "bf16" else "fp32"]
+    dtype = DTYPES[_dtype(variant)]
     inputs = _inputs(cfg, ucfg, rows, cond_channels, device, seed)
     with torch.no_grad(), autocast(device, dtype):
         encoded = model.encode(inputs["cond"])
@@ -245,8 +252,12 @@ def recipe_cost(cfg, recipe: dict, base_guided_s: float, base_plain_s: float, up
 # ------------------------------------------------------------------------------------------ the run
 def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2, warmup: int = 1,
                 cond_channels: int = 3, variants: Optional[list[str]] = None, sample: bool = True,
-                seed: int = 0, callback: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
-    """All variants in one run; returns a dict (``piti bench --compare --json`` prints it)."""
+                seed: int = 0, callback: Optional[Callable[[dict], None]] = None,
+                partial: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+    """All variants in one run; returns a dict (``piti bench --compare --json`` prints it).
+
+    ``partial`` is called with the result so far after every variant (``--json-file`` writes it), so a
+    long run that is stopped keeps what it measured."""
     import torch
 
     from piti_core.bench import cpu_info
@@ -257,6 +268,7 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
         raise UsageError("steps and batch size must be at least 1, warmup at least 0")
     dev = torch.device(device)
     notify = callback or (lambda info: None)
+    partial = partial or (lambda result: None)
     chosen, skipped = default_variants(dev)
     if variants is not None:
         bad = [v for v in variants if v not in TRAIN_VARIANTS]
@@ -264,16 +276,19 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
             raise UsageError(f"unknown variant '{bad[0]}' in --variants; valid: {', '.join(TRAIN_VARIANTS)}")
         chosen = [v for v in TRAIN_VARIANTS if v in variants]  # stage2 first: the reference
         skipped = {k: v for k, v in skipped.items() if k not in variants}
-        if "compiled" in chosen and compile_unavailable(dev):
-            skipped["compiled"] = compile_unavailable(dev)
-            chosen.remove("compiled")
-    dtypes = ["fp32"] + (["bf16"] if "bf16" in chosen else [])
+        for name in ("compiled", "compiled-bf16"):
+            if name in chosen and compile_unavailable(dev):
+                skipped[name] = compile_unavailable(dev)
+                chosen.remove(name)
+    dtypes = ["fp32"] + (["bf16"] if any(_dtype(v) == "bf16" for v in chosen) else [])
     result: dict[str, Any] = {
         "format": "piti-bench-compare/1", "preset": cfg.preset, "device": dev.type, "batch_size": batch_size,
         "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_info()["cpu"],
         "matmul": {}, "train": {}, "sample": {}, "skipped": skipped,
     }
+    if dev.type == "cuda":  # fp32 convolutions use TF32 tensor cores under torch's defaults; matmuls do not
+        result["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
     probes: dict[str, list] = {dt: [] for dt in dtypes}
 
     def calibrate():  # before every variant and at the end: the median is robust to a shared machine's swings
@@ -298,6 +313,7 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
         r["flops_per_step"] = flops[key]
         r["flops_per_s"] = flops[key] / r["step_s"]
         result["train"][variant] = r
+        partial(result)
     ref = result["train"].get("stage2")
     for r in result["train"].values():
         if ref is not None:
@@ -307,7 +323,7 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
             if "peak_above_process_bytes" in r and "peak_above_process_bytes" in ref:
                 r["memory_above_process_vs_stage2"] = r["peak_above_process_bytes"] / ref["peak_above_process_bytes"]
     if sample:
-        sample_variants = ["eager"] + [v for v in ("bf16", "compiled") if v in chosen]
+        sample_variants = ["eager"] + [v for v in ("bf16", "compiled", "compiled-bf16") if v in chosen]
         for which in ("base", "upsampler"):
             rows = 2 if which == "base" else 1  # the guided base runs [cond; null] in one pass
             eval_flops = meta_flops(cfg, which, _stage(cfg, "stage2"), rows, cond_channels, seed)[1]
@@ -316,9 +332,10 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
                 calibrate()
                 r = bench_sample_step(cfg, which, variant, device=dev, steps=steps, warmup=warmup,
                                       cond_channels=cond_channels, seed=seed)
-                r["dtype"] = "bf16" if variant == "bf16" else "fp32"
+                r["dtype"] = _dtype(variant)
                 r["flops_per_step"] = eval_flops
                 result["sample"][f"{which}-{variant}"] = r
+                partial(result)
             eager = result["sample"][f"{which}-eager"]["step_s"]
             for variant in sample_variants:
                 entry = result["sample"][f"{which}-{variant}"]
@@ -357,6 +374,7 @@ def checks(result: dict) -> list[dict[str, Any]]:
         add("stage 2 fraction of the fp32 matmul rate", train["stage2"]["fraction_of_matmul"], ">=", 0.8)
     if "stage2" in train and "bf16" in train:
         add("bf16 throughput vs fp32", train["stage2"]["step_s"] / train["bf16"]["step_s"], ">=", 1.7)
+
     if "stage1" in train:
         add("stage 1 step time vs stage 2", train["stage1"].get("time_vs_stage2"), "<=", 0.7)
         add("stage 1 peak memory vs stage 2", train["stage1"].get("memory_vs_stage2"), "<=", 0.6)

@@ -51,3 +51,36 @@ def test_recipe_steps_follow_the_sampling_settings():
     assert recipe_steps(cfg, OFFICIAL_RECIPE)["upsampler_evals"] == 27
     unguided = resolve_config(preset="tiny", overrides=["sample.guidance_scale=1"])
     assert preset_recipe(unguided)["guided"] is False
+
+
+def test_json_file_is_written_after_every_variant_and_not_overwritten(tmp_path, monkeypatch):
+    import piti_core.bench_compare as bc
+
+    out = tmp_path / "compare.json"
+    seen = []
+    real = bc.bench_train_variant
+
+    def spy(cfg, variant, **kw):  # what the file holds when the next variant starts
+        seen.append(json.loads(out.read_text())["train"].keys() if out.exists() else None)
+        return real(cfg, variant, **kw)
+
+    monkeypatch.setattr(bc, "bench_train_variant", spy)
+    args = ["bench", "--compare", "--preset", "tiny", *SMALL, "--steps", "1", "--warmup", "0", "--variants",
+            "stage1,stage2", "--no-sample", "--json-file", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert seen[0] is None and set(seen[1]) == {"stage1"}  # stage 1 was on disk before stage 2 ran
+    assert set(json.loads(out.read_text())["train"]) == {"stage1", "stage2"}
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+
+
+def test_compiled_bf16_variant_dtype_and_defaults():
+    import torch
+
+    from piti_core.bench_compare import _dtype, default_variants
+
+    assert [_dtype(v) for v in ("stage2", "bf16", "compiled", "compiled-bf16")] == ["fp32", "bf16", "fp32", "bf16"]
+    chosen, skipped = default_variants(torch.device("cpu"))
+    # compiled-bf16 runs only where both bf16 and compile do
+    assert ("compiled-bf16" in chosen) == ("bf16" in chosen and "compiled" in chosen)

@@ -32,12 +32,16 @@ def _fmt_bytes(n) -> str:
                    "compiled training steps of the base model, sampling step costs, and the default sampling "
                    "recipe against the official one (ratios and fractions of the matmul rate).")
 @click.option("--variants", default=None, metavar="LIST",
-              help="With --compare: comma-separated training variants (stage2,stage1,checkpointing,bf16,compiled; "
-                   "default: those that run natively here).")
+              help="With --compare: comma-separated training variants (stage2,stage1,checkpointing,bf16,compiled,"
+                   "compiled-bf16; default: those that run natively here).")
 @click.option("--no-sample", is_flag=True, help="With --compare: skip the sampling and recipe part.")
+@click.option("--json-file", type=click.Path(dir_okay=False), default=None,
+              help="With --compare: write the result as JSON to this file, rewritten after every variant, so a "
+                   "run that is stopped keeps what it measured.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --json-file.")
 @config_options
 def command(device, dtype, batch_size, steps, warmup, which, cond_channels, threads, as_json, compare, variants,
-            no_sample, config) -> None:
+            no_sample, json_file, overwrite, config) -> None:
     """Measure images/s of a training step (forward+backward), model evaluations/s when sampling,
     peak memory, and the achieved FLOP rate relative to a 2048×2048 matmul on the same device
     (smaller where that would take more than 5 s, e.g. bf16 on a CPU without native bf16).
@@ -56,16 +60,28 @@ def command(device, dtype, batch_size, steps, warmup, which, cond_channels, thre
         from piti_core.bench_compare import run_compare
 
         chosen = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+        write = None
+        if json_file:
+            from pathlib import Path
+
+            from piti_core.io import atomic_write_text, check_writable
+
+            check_writable(Path(json_file), overwrite)
+
+            def write(result):
+                atomic_write_text(Path(json_file), json.dumps(result, indent=2) + "\n")
         result = run_compare(config, device=device, batch_size=batch_size, steps=steps, warmup=warmup,
                              cond_channels=cond_channels, variants=chosen, sample=not no_sample,
-                             callback=lambda info: status(f"bench: {info['phase']}"))
+                             callback=lambda info: status(f"bench: {info['phase']}"), partial=write)
+        if write:
+            write(result)
         if as_json:
             click.echo(json.dumps(result, indent=2))
         else:
             print_compare(result)
         return
-    if variants or no_sample:
-        raise click.UsageError("--variants and --no-sample go with --compare")
+    if variants or no_sample or json_file:
+        raise click.UsageError("--variants, --no-sample and --json-file go with --compare")
     models = ("base", "upsampler") if which == "both" else (which,)
 
     def callback(info):

@@ -1,12 +1,14 @@
 """The memory preflight's estimate against the measured peak of real training steps (docs/memory.md).
 
     python docs/scripts/preflight_check.py --preset tiny --stage stage1 [--batch-size N] [--set KEY=VALUE ...]
+        [--device cuda]
 
 Builds the stage exactly as ``piti train`` does (``build_stage``: the stage's model, its frozen and
 trained parameters, its objective) on random weights and random inputs of the data set's shapes
 (no toy-world rendering, no prior), runs ``--steps`` optimizer steps of the Trainer (AdamW, EMA,
 accumulation, autocast, fused AdamW) on the CPU and measures the process's peak resident memory over them
-(``/proc/self/status`` VmHWM, reset first). The estimate is the one ``piti train --dry-run --json``
+(``/proc/self/status`` VmHWM, reset first); with ``--device cuda``, on the GPU, against the CUDA
+allocator's peak (``torch.cuda.max_memory_allocated``). The estimate is the one ``piti train --dry-run --json``
 prints for the same preset, stage and overrides, run first in a separate process as a user would;
 the script prints both, their ratio, and the ratio of the parts above each process's baseline.
 """
@@ -45,8 +47,8 @@ class RandomPairs(torch.utils.data.Dataset):
                 "cond": lo + (hi - lo) * torch.rand(self.cond_shape, generator=g), "stem": str(i)}
 
 
-def measure(cfg, task, stage, steps: int) -> dict:
-    dev = torch.device("cpu")
+def measure(cfg, task, stage, steps: int, device: str = "cpu") -> dict:
+    dev = torch.device(device)
     dtype = resolve_dtype(cfg.train.dtype, dev)
     spec = task.condition_spec(cfg)
     size = (cfg.upsampler if stage.model.endswith("upsampler") else cfg.model).image_size
@@ -77,7 +79,7 @@ def dry_run(args, batch_size: int) -> dict:
 
     ``--no-preview``: this script measures training steps, not the preview grids written between them."""
     cmd = [sys.executable, "-m", "piti_cli.main", "train", "--task", args.task, "--preset", args.preset,
-           "--stage", args.stage, "--device", "cpu", "--no-preview", "--dry-run", "--json",
+           "--stage", args.stage, "--device", args.device, "--no-preview", "--dry-run", "--json",
            "--set", f"train.batch_size={batch_size}"]
     for o in args.overrides:
         cmd += ["--set", o]
@@ -94,6 +96,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None)
     ap.add_argument("--steps", type=int, default=3, help="optimizer steps measured (the 2nd has AdamW state)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     host = get_plugin_manager()
@@ -103,9 +106,9 @@ def main() -> None:
     stage = finetune_stages(cfg, args.stage)[0]
     pre = dry_run(args, cfg.train.batch_size)  # a separate process, as a user runs it
     baseline = process_rss()  # this process before any model exists
-    measured = measure(cfg, task, stage, args.steps)
+    measured = measure(cfg, task, stage, args.steps, args.device)
     row = pre["stages"][0]
-    result = {"preset": args.preset, "stage": args.stage, "batch_size": cfg.train.batch_size,
+    result = {"preset": args.preset, "stage": args.stage, "device": args.device, "batch_size": cfg.train.batch_size,
               "overrides": args.overrides, "baseline": baseline, "measured": measured, "estimate": row,
               "estimate_seconds": pre["seconds"], "ratio": row["peak"] / measured["peak"],
               # the model's part: both peaks less the dry-run's baseline (python, torch, what a step loads)
