@@ -102,13 +102,34 @@ def compile_model(model: nn.Module, *, device: torch.device | str, purpose: str 
     for name, module in parts:
         if is_compiled(module):
             continue
-        options: dict[str, Any] = {"backend": backend, "dynamic": False, "isolate_recompiles": True}
+        options: dict[str, Any] = {"backend": backend, "dynamic": False}
         if backend == "inductor" and mode != "default":
             options["mode"] = mode
-        module.compile(**options)
+        module.compile(**options, **recompile_options())
         module._compiled_call_impl = _Compiled(module._compiled_call_impl, f"{type(module).__name__} ({name})",
                                                cuda_graphs)
     return model
+
+
+SHARED_RECOMPILE_LIMIT = 32
+
+
+def recompile_options(compile_fn: Callable = torch.compile) -> dict[str, Any]:
+    """``isolate_recompiles=True`` where torch.compile takes it (torch >= 2.12): each compiled module
+    keeps its own budget of recompilations. Older torch has one budget for the process (8 by default),
+    which the encoder, base decoder and upsampler then share: it is raised to
+    :data:`SHARED_RECOMPILE_LIMIT` instead, and no option is passed."""
+    import inspect
+
+    if "isolate_recompiles" in inspect.signature(compile_fn).parameters:
+        return {"isolate_recompiles": True}
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):  # the limit's name in newer / older torch
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), SHARED_RECOMPILE_LIMIT))
+            break
+    return {}
 
 
 def is_compiled(module: nn.Module) -> bool:

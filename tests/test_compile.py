@@ -223,3 +223,17 @@ def test_inductor_forward_matches_eager():
             ok, msg = _close(comp.decode_encoded(x, tt, enc), eager.decode_encoded(x, tt, enc))
             assert ok, msg
     assert counter.graphs == 1
+
+
+def test_recompile_options_on_a_torch_without_isolate_recompiles(monkeypatch):
+    """torch 2.11 (a GPU machine's) has no isolate_recompiles: the shared limit is raised instead."""
+    import torch._dynamo.config as dynamo_config
+
+    from piti_core.compile import SHARED_RECOMPILE_LIMIT, recompile_options
+
+    assert recompile_options(lambda model, backend="inductor", isolate_recompiles=False: None) == \
+        {"isolate_recompiles": True}
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(dynamo_config, name, 8)
+    assert recompile_options(lambda model, backend="inductor", mode=None: None) == {}
+    assert getattr(dynamo_config, name) == SHARED_RECOMPILE_LIMIT

@@ -6,9 +6,11 @@
 #   OUT=/tmp/gpu bash docs/scripts/gpu_check.sh            # on a CUDA machine, from the repository root
 #   DEVICE=cpu PRESET=tiny BATCH=2 bash docs/scripts/gpu_check.sh   # rehearsal on the CPU
 #
-# Parts: (1) bench --compare eager: stage2/stage1/checkpointing/bf16 + sampling; (2) bench --compare with
-# torch.compile in bf16 (the GPU configuration) against eager bf16; (3) the memory preflight against the
-# measured CUDA allocator peak; (4) a short `piti train` on the toy world and `piti sample --compile`.
+# Parts (PARTS="eager compiled large preflight train sample" by default): eager = bench --compare
+# stage2/stage1/checkpointing/bf16 + sampling; compiled = bench --compare with torch.compile in bf16 (the
+# GPU configuration) against eager bf16; large = stage2 vs bf16 at LARGE_BATCH; preflight = the memory
+# preflight against the measured CUDA allocator peak; train + sample = a short `piti train` on the toy
+# world and `piti sample --compile`.
 # BUNDLE=FILE.tar.gz also packs $OUT into one archive after every part.
 set -u
 OUT=${OUT:-gpu-out}
@@ -25,15 +27,21 @@ T_SAMPLE=${T_SAMPLE:-90}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 PY=${PY:-python3}
+PARTS=${PARTS:-eager compiled large preflight train sample}
+LARGE_BATCH=${LARGE_BATCH:-32}
+T_LARGE=${T_LARGE:-60}
+PREFLIGHT_PRESET=${PREFLIGHT_PRESET:-tiny}  # a glide dry-run alone takes minutes of CPU
+PREFLIGHT_BATCH=${PREFLIGHT_BATCH:-64}
 part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, record rc and seconds
   local name=$1 limit=$2; shift 2
+  case " $PARTS " in *" $name "*) ;; *) return 0 ;; esac
   local t0=$(date +%s)
   timeout --kill-after=10 "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
   echo "$name rc=$rc seconds=$(( $(date +%s) - t0 ))" | tee -a "$OUT/parts.txt"
   tail -n 25 "$OUT/$name.log"
   if [ -n "${BUNDLE:-}" ]; then  # one archive of $OUT after every part (for a machine that returns few files)
-    tar czf "$BUNDLE.tmp" -C "$OUT" . && mv "$BUNDLE.tmp" "$BUNDLE"
+    tar czf "$BUNDLE.tmp" --exclude="$(basename "$BUNDLE")*" -C "$OUT" . && mv "$BUNDLE.tmp" "$BUNDLE"
   fi
 }
 
@@ -54,9 +62,13 @@ part compiled "$T_COMPILE" "$PY" -m piti_cli.main bench --compare --device "$DEV
   --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --variants bf16,compiled-bf16 \
   --json-file "$OUT/compare-compiled.json" --overwrite
 
-part preflight "$T_PREFLIGHT" bash -c "'$PY' docs/scripts/preflight_check.py --device '$DEVICE' --preset '$PRESET' \
-  --stage stage2 --batch-size '$BATCH' --json > '$OUT/preflight-stage2.json' && '$PY' docs/scripts/preflight_check.py \
-  --device '$DEVICE' --preset '$PRESET' --stage stage1 --batch-size '$BATCH' --json > '$OUT/preflight-stage1.json'"
+part large "$T_LARGE" "$PY" -m piti_cli.main bench --compare --device "$DEVICE" --preset "$PRESET" \
+  --batch-size "$LARGE_BATCH" --steps "$STEPS" --warmup "$WARMUP" --variants stage2,bf16 --no-sample \
+  --json-file "$OUT/compare-large.json" --overwrite
+
+part preflight "$T_PREFLIGHT" bash -c "for s in stage1 stage2 upsampler; do '$PY' docs/scripts/preflight_check.py \
+  --device '$DEVICE' --preset '$PREFLIGHT_PRESET' --stage \$s --batch-size '$PREFLIGHT_BATCH' --json \
+  > '$OUT/preflight-'\$s.json || exit 1; done"
 
 RUN=$(mktemp -d)/run
 export PITI_HOME=${PITI_HOME:-$(mktemp -d)}
