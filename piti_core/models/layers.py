@@ -29,6 +29,45 @@ class GroupNorm32(nn.GroupNorm):
         return F.silu(y) if self.swish else y
 
 
+UNFOLD_MAX_PIXELS = 64  # batch × height × width: one 8×8 map
+UNFOLD_MIN_CHANNELS = 512
+
+
+class Conv2d(nn.Conv2d):
+    """``nn.Conv2d`` (same parameters and state-dict keys) that runs a 3×3, stride-1 convolution of a
+    single small, wide feature map on the CPU as unfold + matmul: batch × height × width at most
+    :data:`UNFOLD_MAX_PIXELS` (one 8×8 map, the lowest level of the glide base at batch 1) and at least
+    :data:`UNFOLD_MIN_CHANNELS` input channels.
+
+    There oneDNN's direct convolution is slow: a 1536→768 conv at 8×8 ran at 12–17 GFLOP/s inside the
+    glide base's batch-1 training step against 150 for a plain matmul, and the 8×8 level took a quarter
+    of the step (docs/performance.md, "Small feature maps"). As a matmul of the (C·9, H·W) patch matrix
+    the same work is about 4× faster, and autograd's backward is two more matmuls and a fold. With
+    larger batches or fewer channels oneDNN was as fast or faster (measured), so everywhere else (and on
+    CUDA, and under torch.compile) it is ``F.conv2d``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dim() == 4 and x.shape[0] * x.shape[-1] * x.shape[-2] <= UNFOLD_MAX_PIXELS
+                and self.in_channels >= UNFOLD_MIN_CHANNELS
+                and self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
+                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
+                and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and not torch.compiler.is_compiling()):
+            return conv3x3_unfold(x, self.weight, self.bias)
+        return super().forward(x)
+
+
+def conv3x3_unfold(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 3×3, stride-1, padding-1 convolution as ``weight (O, C·9) @ unfold(x) (N, C·9, H·W)``."""
+    n, _, h, w = x.shape
+    cols = F.unfold(x, 3, padding=1)
+    out = torch.matmul(weight.reshape(weight.shape[0], -1), cols)
+    if bias is not None:
+        out = out + bias[:, None]
+    return out.view(n, weight.shape[0], h, w)
+
+
 class LayerNorm32(nn.LayerNorm):
     """LayerNorm computed in float32 and cast back to the input dtype."""
 

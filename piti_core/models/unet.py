@@ -23,7 +23,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from piti_core.errors import DataError
-from piti_core.models.layers import GroupNorm32, attention, merge_heads, split_heads, timestep_embedding, zero_init
+from piti_core.models.layers import (Conv2d, GroupNorm32, attention, merge_heads, split_heads, timestep_embedding,
+                                     zero_init)
 
 
 class Upsample(nn.Module):
@@ -31,7 +32,7 @@ class Upsample(nn.Module):
 
     def __init__(self, channels: int, use_conv: bool):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1) if use_conv else None
+        self.conv = Conv2d(channels, channels, 3, padding=1) if use_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
@@ -58,7 +59,7 @@ class ResBlock(nn.Module):
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
         self.in_layers = nn.Sequential(
-            GroupNorm32(channels, swish=True), nn.Identity(), nn.Conv2d(channels, out_channels, 3, padding=1)
+            GroupNorm32(channels, swish=True), nn.Identity(), Conv2d(channels, out_channels, 3, padding=1)
         )
         self.updown = up or down
         if up:
@@ -74,7 +75,7 @@ class ResBlock(nn.Module):
             GroupNorm32(out_channels, swish=not use_scale_shift_norm),
             nn.SiLU() if use_scale_shift_norm else nn.Identity(),
             nn.Dropout(dropout),
-            zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+            zero_init(Conv2d(out_channels, out_channels, 3, padding=1)),
         )
         if out_channels == channels:
             self.skip_connection = nn.Identity()
@@ -185,7 +186,7 @@ class UNet(nn.Module):
 
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         ch = int(channel_mult[0] * model_channels)
-        self.input_blocks = nn.ModuleList([Blocks(nn.Conv2d(in_channels, ch, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([Blocks(Conv2d(in_channels, ch, 3, padding=1))])
         skip_chans, ds = [ch], 1
         self.hint_at = [0]  # input blocks after which a spatial hint is added (input conv, downsamples)
         for level, mult in enumerate(channel_mult):
@@ -215,7 +216,7 @@ class UNet(nn.Module):
                     ds //= 2
                 self.output_blocks.append(Blocks(*layers))
         self.out = nn.Sequential(
-            GroupNorm32(ch, swish=True), nn.Identity(), zero_init(nn.Conv2d(ch, out_channels, 3, padding=1))
+            GroupNorm32(ch, swish=True), nn.Identity(), zero_init(Conv2d(ch, out_channels, 3, padding=1))
         )
         self.transformer_proj = nn.Linear(cond_width, emb_dim) if cond_width else None
         if channels_last:

@@ -1,0 +1,77 @@
+"""A/B of the unfold + matmul path for 3×3 convs on small feature maps (``layers.Conv2d``), in one process.
+
+    python docs/scripts/small_conv_ab.py --preset glide --batch-size 1 --reps 6
+
+Alternates, in a rotating order, the base model's full stage-2 training step (objective, AdamW, EMA:
+what ``piti bench --compare`` times) and one guided sampling step (2 rows) with the unfold path off
+(``UNFOLD_MAX_PIXELS=0``: every conv is ``F.conv2d``) and on (the default), and prints the median seconds
+of each and their ratio. Alternating inside one process keeps a shared machine's swings on both sides.
+"""
+
+import argparse
+import time
+
+import torch
+
+import piti_core.models.layers as layers
+from piti_core.bench import _inputs
+from piti_core.bench_compare import _Batches, _stage
+from piti_core.config import resolve_config
+from piti_core.models.build import build_base
+from piti_core.precision import DTYPES
+from piti_core.train.loop import Trainer
+from piti_core.train.objectives import DiffusionObjective
+from piti_core.train.recipe import stage_parameters
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="glide")
+    ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    default = layers.UNFOLD_MAX_PIXELS
+    cfg = resolve_config(preset=args.preset)
+    stage = _stage(cfg, "stage2")
+    torch.manual_seed(0)
+    model = build_base(cfg, 3)
+    groups, frozen = stage_parameters(model, stage)
+    g = torch.Generator().manual_seed(0)
+    s, c = cfg.model.image_size, cfg.encoder.cond_size
+    batch = {"image": torch.rand(args.batch_size, 3, s, s, generator=g) * 2 - 1,
+             "cond": torch.rand(args.batch_size, 3, c, c, generator=g) * 2 - 1}
+    objective = DiffusionObjective(stage, cfg, null_condition=torch.ones_like)
+    trainer = Trainer(model=model, groups=groups, loss_fn=objective, stream=_Batches(batch), tcfg=cfg.train,
+                      device=torch.device("cpu"), dtype=DTYPES["fp32"], aux=objective.aux(), frozen=tuple(frozen))
+    inputs = _inputs(cfg, cfg.model, 2, 3, torch.device("cpu"))
+
+    def sample_step():
+        model.eval()
+        with torch.no_grad():
+            model.decode_encoded(inputs["x_t"], inputs["timesteps"], model.encode(inputs["cond"]), None)
+        model.train()
+
+    trainer.train_step()
+    sample_step()  # warm-up of both paths' first allocations
+    times: dict[tuple[str, int], list[float]] = {}
+    settings = [0, default]
+    for rep in range(args.reps):
+        for limit in (settings if rep % 2 == 0 else settings[::-1]):
+            layers.UNFOLD_MAX_PIXELS = limit
+            for name, fn in (("train", trainer.train_step), ("sample", sample_step)):
+                start = time.perf_counter()
+                fn()
+                times.setdefault((name, limit), []).append(time.perf_counter() - start)
+    layers.UNFOLD_MAX_PIXELS = default
+    print(f"{args.preset} batch {args.batch_size}, {torch.get_num_threads()} threads, {args.reps} alternations")
+    for name in ("train", "sample"):
+        off, on = (sorted(times[(name, x)])[args.reps // 2] for x in settings)
+        print(f"{name:<7} conv2d everywhere {off:8.3f} s   unfold <= {default} px {on:8.3f} s   "
+              f"ratio {on / off:.3f}")
+
+
+if __name__ == "__main__":
+    main()
