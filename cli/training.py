@@ -46,6 +46,53 @@ def _apply_overrides(cfg, data, skip_bad, dtype):
     return cfg
 
 
+# what a resumed run may change against its config.json: how it runs, not what it trains
+RESUME_MAY_CHANGE = ("train.dtype", "data.num_workers", "data.skip_bad")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def resumed_config(config, opts: dict):
+    """With ``--resume``, the run's saved ``config.json``: a resumed run continues with the settings it
+    started with. Without --preset/--config/--set the saved config is used as it is; with them, they
+    must resolve to the same config (apart from :data:`RESUME_MAY_CHANGE`), else one UsageError line
+    names the keys that differ. ``--data``/``--skip-bad``/``--dtype`` apply on top, ``--data`` only when
+    it names the same data set."""
+    if not opts.get("resume") or not opts.get("out"):
+        return config
+    path = Path(opts["out"]) / "config.json"
+    if not path.is_file():
+        return config  # prepare_run_dir says there is no run to resume
+    import attrs
+
+    from piti_core.config import config_to_dict, load_config
+    from piti_core.plugins import get_plugin_manager
+
+    saved = load_config(path, get_plugin_manager().task_sections())
+    params = click.get_current_context().params
+    given = bool(params.get("preset") or params.get("config_files") or params.get("overrides"))
+    cfg = _apply_overrides(config if given else saved, opts.get("data"), opts.get("skip_bad"), opts.get("dtype"))
+    cfg = attrs.evolve(cfg, data=attrs.evolve(
+        cfg.data, root=cfg.data.root if opts.get("data") else saved.data.root,
+        skip_bad=cfg.data.skip_bad if opts.get("skip_bad") else saved.data.skip_bad))
+    if not opts.get("dtype"):
+        cfg = attrs.evolve(cfg, train=attrs.evolve(cfg.train, dtype=saved.train.dtype))
+    a, b = _flat(config_to_dict(saved)), _flat(config_to_dict(cfg))
+    differ = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESUME_MAY_CHANGE]
+    if differ:
+        shown = ", ".join(f"{k} ({a.get(k)!r} in config.json, {b.get(k)!r} given)" for k in differ[:3])
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise click.UsageError(f"--resume continues {path} and the options change {shown}{more}; drop the "
+                               "--preset/--config/--set/--data options that differ, or start a new run in another --out")
+    return cfg
+
+
 def _default_out(name: str) -> Path:
     base = Path("runs") / name
     if not base.exists():
@@ -187,8 +234,8 @@ def run_training(config, *, task, stages, prior_dir, default_name: str, next_hin
               source=source, scratch=scratch, compile=use_compile)
     except Interrupted as exc:
         display.close()
-        click.echo(f"{exc}; resume with: piti {click.get_current_context().info_name} --out {run_dir} --resume "
-                   f"(plus the same options)", err=True)
+        click.echo(f"{exc}; resume with: piti {click.get_current_context().info_name} --out {run_dir} --resume",
+                   err=True)
         raise click.exceptions.Exit(130)
     finally:
         display.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from piti_cli.options import config_options
-from piti_cli.training import common_train_options, run_training
+from piti_cli.training import common_train_options, resumed_config, run_training
 
 
 @click.command("pretrain")
@@ -24,6 +24,7 @@ def command(stage: str | None, prior: str | None, config, **opts) -> None:
 
     from pathlib import Path
 
+    config = resumed_config(config, opts)
     stages = prior_stages(config, stage)
     run_training(config, task=None, stages=stages, prior_dir=Path(prior) if prior else None,
                  default_name=f"prior-{config.preset}",

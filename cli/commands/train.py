@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from piti_cli.options import config_options, task_option
-from piti_cli.training import common_train_options, run_training
+from piti_cli.training import common_train_options, resumed_config, run_training
 
 
 @click.command("train")
@@ -28,6 +28,7 @@ def command(task: str, prior: str | None, stage: str | None, config, **opts) -> 
     from piti_core.train.finetune import finetune_stages, shipped_prior
 
     the_task = get_plugin_manager().task(task)
+    config = resumed_config(config, opts)
     prior = _resumed_prior(prior, opts)
     scratch = prior == "none"
     prior_dir = None if scratch else Path(prior) if prior else shipped_prior(config.preset)
