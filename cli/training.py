@@ -58,7 +58,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def resumed_config(config, opts: dict):
+def resumed_config(config, opts: dict, task=None):
     """With ``--resume``, the run's saved ``config.json``: a resumed run continues with the settings it
     started with. Without --preset/--config/--set the saved config is used as it is; with them, they
     must resolve to the same config (apart from :data:`RESUME_MAY_CHANGE`), else one UsageError line
@@ -83,6 +83,8 @@ def resumed_config(config, opts: dict):
         skip_bad=cfg.data.skip_bad if opts.get("skip_bad") else saved.data.skip_bad))
     if not opts.get("dtype"):
         cfg = attrs.evolve(cfg, train=attrs.evolve(cfg.train, dtype=saved.train.dtype))
+    if given and task is not None:  # what the run recorded from its data set (Task.run_config)
+        cfg = task.run_config(cfg)
     a, b = _flat(config_to_dict(saved)), _flat(config_to_dict(cfg))
     differ = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESUME_MAY_CHANGE]
     if differ:

@@ -88,6 +88,13 @@ class Task:
             opts = self.config_class()
         return opts
 
+    def run_config(self, cfg: "PitiConfig") -> "PitiConfig":
+        """``cfg`` with whatever this task reads from the training data set written into its own section,
+        so the run's config.json is enough to sample, evaluate and resume without that data set (the
+        mask task records its classes, colours and label mapping). Called when a run starts; must be
+        idempotent. Default: ``cfg`` unchanged."""
+        return cfg
+
     def null_condition(self, cond: "torch.Tensor") -> "torch.Tensor":
         """The "no condition" input for classifier-free guidance: all ones, as the official code."""
         import torch

@@ -127,3 +127,44 @@ def test_classes_of_the_standard_data_sets(fmt, make, n, first, raw, tmp_path):
     cond = MaskTask().preprocess(tmp_path / "ids.png", cfg)[0]
     assert cond.shape == (n, 64, 64) and cond[0].sum() == 64 * 32 - 64 and cond[n - 1].sum() == 64 * 32
     assert cond[:, :8, :8].sum() == 0  # unlabelled: no class (ignore)
+
+
+@pytest.mark.parametrize("fmt, make, raw", [("ade20k", _ade20k, (1, 150)), ("coco-stuff", _coco_stuff, (0, 181))])
+def test_a_run_records_the_data_set_classes_and_samples_without_it(fmt, make, raw, tmp_path):
+    """run_config writes classes, colours and the label LUT into config.json: the data set can go."""
+    import shutil
+
+    root = make(tmp_path / fmt)
+    cfg = _cfg(f"data.root={root}", f"data.format={fmt}")
+    task = MaskTask()
+    spec = task.condition_spec(cfg)
+    ids = np.full((8, 8), raw[0], np.uint8)
+    ids[:, 4:] = raw[1]
+    Image.fromarray(ids).save(tmp_path / "ids.png")
+    want = task.preprocess(tmp_path / "ids.png", cfg)
+
+    frozen = task.run_config(cfg)
+    assert task.run_config(frozen) is frozen  # idempotent: a resumed run keeps what it recorded
+    saved = config_from_json(config_to_json(frozen), SECTIONS)  # what sample/eval read from the run
+    shutil.rmtree(root)
+    from piti_plugins.mask import task as mask_module
+
+    mask_module.dataset_classes.cache_clear()
+    mask_module._dataset_meta.cache_clear()  # nothing may come from the (removed) data set
+    again = task.condition_spec(saved)
+    assert (again.class_names, again.palette, again.channels) == (spec.class_names, spec.palette, spec.channels)
+    assert torch.equal(task.preprocess(tmp_path / "ids.png", saved), want)  # the data set's own label ids
+
+
+def test_toy_world_and_given_palettes_are_left_as_they_are():
+    task = MaskTask()
+    toy = _cfg()
+    assert task.run_config(toy) is toy
+    given = _cfg("data.root=/somewhere", f"mask.palette={json.dumps(PALETTE)}")
+    assert task.run_config(given) is given
+
+
+def test_a_recorded_palette_with_a_bad_label_lut_is_a_config_error():
+    bad = _cfg("mask.palette=" + json.dumps({"palette": PALETTE, "label_lut": [0, 1]}))
+    with pytest.raises(ConfigError, match="label_lut"):
+        MaskTask().condition_spec(bad)

@@ -28,7 +28,7 @@ def command(task: str, prior: str | None, stage: str | None, config, **opts) -> 
     from piti_core.train.finetune import finetune_stages, shipped_prior
 
     the_task = get_plugin_manager().task(task)
-    config = resumed_config(config, opts)
+    config = resumed_config(config, opts, the_task)
     prior = _resumed_prior(prior, opts)
     scratch = prior == "none"
     prior_dir = None if scratch else Path(prior) if prior else shipped_prior(config.preset)

@@ -236,6 +236,8 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
 
     if scratch and prior_dir is not None:
         raise UsageError(f"a run from scratch takes no prior, got {prior_dir}; drop one of the two")
+    if task is not None:  # the run's config.json must not need the data set later (Task.run_config)
+        cfg = task.run_config(cfg)
     run_dir = Path(run_dir)
     dev0 = torch.device(device)
     info = init_distributed(dev0)

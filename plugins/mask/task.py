@@ -27,7 +27,7 @@ def labelcolormap(n: int) -> list[tuple[int, int, int]]:
 
 
 def _palette_choice(inst, attribute, value):
-    if value in ("dataset", "coco") or value.lstrip().startswith("[") or value.lower().endswith(".json"):
+    if value in ("dataset", "coco") or value.lstrip()[:1] in ("[", "{") or value.lower().endswith(".json"):
         return
     raise ValueError(f"palette must be 'dataset', 'coco', a JSON file of colours or a list of [r, g, b], "
                      f"got {value!r}")
@@ -39,7 +39,8 @@ class MaskOptions:
     num_classes: int = field(default=0, validator=attrs.validators.ge(0))  # 0: from the data set / palette
     # "dataset" (its dataset.json palette, else COCO's), "coco" (pix2pixHD labelcolormap, the official COCO
     # colours), a JSON file (a list of [r, g, b], or an object with "palette" and "classes" like dataset.json),
-    # or the list itself (--set 'mask.palette=[[0, 0, 0], [255, 0, 0]]'; kept in the run's config.json)
+    # or the list itself (--set 'mask.palette=[[0, 0, 0], [255, 0, 0]]'; kept in the run's config.json).
+    # A run records a data set's classes here as such an object, with "label_lut" (MaskTask.run_config).
     palette: str = field(default="dataset", validator=_palette_choice)
     ignore_index: int = 255
 
@@ -47,7 +48,7 @@ class MaskOptions:
 def _config_palette_key(value: str) -> tuple:
     """Cache key of a palette option: the text, plus the file's size and mtime when it names a file."""
     path = Path(value)
-    if value.lstrip().startswith("[") or not path.is_file():
+    if value.lstrip()[:1] in ("[", "{") or not path.is_file():
         return (value,)
     st = path.stat()
     return (value, st.st_size, st.st_mtime_ns)
@@ -56,10 +57,17 @@ def _config_palette_key(value: str) -> tuple:
 @functools.lru_cache(maxsize=16)
 def _read_config_palette(key: tuple) -> tuple[tuple[str, ...] | None, tuple[tuple[int, int, int], ...]]:
     """(class names or None, colours) of a palette given in config; ConfigError naming the key or file."""
+    names, colours, _ = _read_config_palette_lut(key)
+    return names, colours
+
+
+@functools.lru_cache(maxsize=16)
+def _read_config_palette_lut(key: tuple):
+    """(class names or None, colours, label LUT or None) of a palette given in config."""
     import json
 
     value = key[0]
-    inline = value.lstrip().startswith("[")
+    inline = value.lstrip()[:1] in ("[", "{")
     where = "mask.palette" if inline else f"mask.palette file {value}"
     if inline:
         text = value
@@ -72,10 +80,12 @@ def _read_config_palette(key: tuple) -> tuple[tuple[str, ...] | None, tuple[tupl
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{where}: not valid JSON ({exc}); give a list of [r, g, b] colours") from None
-    names = None
+    names = lut = None
     if isinstance(data, dict):
-        names = data.get("classes")
+        names, lut = data.get("classes"), data.get("label_lut")
         data = data.get("palette")
+        if lut is not None and not (isinstance(lut, list) and len(lut) == 256 and all(isinstance(v, int) for v in lut)):
+            raise ConfigError(f"{where}: \"label_lut\" must list 256 integer class ids (one per raw label value)")
     ok = isinstance(data, list) and data and all(
         isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in c) for c in data)
     if not ok:
@@ -89,7 +99,7 @@ def _read_config_palette(key: tuple) -> tuple[tuple[str, ...] | None, tuple[tupl
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) != len(colours):
             raise ConfigError(f"{where}: \"classes\" must list one name per colour ({len(colours)})")
         names = tuple(names)
-    return names, colours
+    return names, colours, tuple(lut) if lut is not None else None
 
 
 @functools.lru_cache(maxsize=16)
@@ -144,6 +154,26 @@ class MaskTask(Task):
             palette = labelcolormap(n + 1)[1:]
         return names, [tuple(int(v) for v in c) for c in palette[:n]]
 
+    def run_config(self, cfg):
+        """Record a data set's classes in the run: ``mask.palette`` becomes the JSON object of its class
+        names, colours and label mapping, ``mask.num_classes`` their count, so sampling and evaluation
+        never need the data set (the toy world's classes are piti's own and stay "dataset")."""
+        import json
+
+        import attrs
+
+        opts = self.options(cfg)
+        if not cfg.data.root or opts.palette not in ("dataset", "coco"):
+            return cfg
+        names, palette = self.classes(cfg)
+        from_dataset = not opts.num_classes
+        lut = _dataset_meta(cfg.data.root, cfg.data.format).label_lut if from_dataset else None
+        record = {"classes": list(names), "palette": [list(c) for c in palette]}
+        if lut is not None:
+            record["label_lut"] = [int(v) for v in lut]
+        frozen = attrs.evolve(opts, palette=json.dumps(record), num_classes=len(names))
+        return attrs.evolve(cfg, tasks={**cfg.tasks, self.name: frozen})
+
     def condition_spec(self, cfg) -> ConditionSpec:
         opts = self.options(cfg)
         names, palette = self.classes(cfg)
@@ -190,7 +220,12 @@ class MaskTask(Task):
         black = (0, 0, 0) if (0, 0, 0) not in spec.palette else None  # ignore, unless a class is black
         # classes from a data set: its label PNGs' own ids (ADE20K: 0 = other, k = class k - 1)
         from_dataset = cfg.data.root and not opts.num_classes and opts.palette in ("dataset", "coco")
-        lut = _dataset_meta(cfg.data.root, cfg.data.format).label_lut if from_dataset else None
+        if from_dataset:
+            lut = _dataset_meta(cfg.data.root, cfg.data.format).label_lut
+        elif opts.palette not in ("dataset", "coco"):  # recorded by run_config: the data set's own ids
+            lut = _read_config_palette_lut(_config_palette_key(opts.palette))[2]
+        else:
+            lut = None
         meta = DatasetMeta(name="the task's classes", num_classes=spec.num_classes, palette=spec.palette,
                            ignore_index=spec.ignore_index, ignore_color=black, label_lut=lut)
         colours = {"dataset": f"colours of {cfg.data.root or 'the toy world'}", "coco": "COCO colours"}
