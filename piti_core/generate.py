@@ -45,7 +45,7 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
     from piti_core.diffusion import get_guidance, get_sampler
     from piti_core.io import check_writable
     from piti_core.plugins import get_plugin_manager
-    from piti_core.precision import resolve_dtype
+    from piti_core.precision import cast_for_inference, resolve_dtype
     from piti_core.runs import load_run, read_run_meta
     from piti_core.sampling import sample_base, sample_upsampler, save_grid
 
@@ -62,6 +62,8 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
     device = torch.device(device)
     compute = resolve_dtype(dtype, device)
     run = load_run(run_dir, names=names, device=device, extra_sections=host.task_sections())
+    for model in run.models.values():  # weights cast once, not at every step (bit-identical to autocast)
+        cast_for_inference(model, compute)
     if compile:
         from piti_core.compile import compile_model
 

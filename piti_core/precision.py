@@ -57,6 +57,25 @@ def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
     return DTYPES[name]
 
 
+def cast_for_inference(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Store the weights and biases of ``model``'s convolutions and linear layers in ``dtype`` (bf16 or
+    fp16), in place, for sampling under autocast of that dtype; returns ``model``. A no-op for fp32.
+
+    Autocast casts an fp32 weight to the autocast dtype at every call outside its per-region cache, and
+    a sampler opens one region per step: about one cast kernel per weight per step (docs/performance.md).
+    Stored already cast, those kernels disappear and the outputs stay the same, bit for bit: autocast
+    would have rounded the same weights the same way. Norms and every other parameter stay fp32 (the
+    models compute norms in fp32). For models that only sample: training needs its fp32 weights.
+    """
+    if dtype == torch.float32:
+        return model
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)):
+            for param in module.parameters(recurse=False):
+                param.data = param.data.to(dtype)
+    return model
+
+
 def autocast(device: torch.device | str, dtype: torch.dtype):
     """An autocast context for ``dtype`` (a no-op context for fp32)."""
     device = torch.device(device)

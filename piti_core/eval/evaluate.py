@@ -67,7 +67,7 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
     """
     from piti_core.diffusion import get_guidance, get_sampler
     from piti_core.plugins import get_plugin_manager
-    from piti_core.precision import resolve_dtype
+    from piti_core.precision import cast_for_inference, resolve_dtype
     from piti_core.runs import load_run, read_run_meta
 
     say = callback or (lambda event: None)
@@ -82,6 +82,8 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
     dev = torch.device(device)
     compute = resolve_dtype(dtype, dev)
     run = load_run(run_dir, names=names, device=dev, extra_sections=host.task_sections())
+    for model in run.models.values():  # weights cast once, not at every step (bit-identical to autocast)
+        cast_for_inference(model, compute)
     if compile:
         from piti_core.compile import compile_model
 
