@@ -116,9 +116,9 @@ def matmul_rate(device, dtype: str, size: Optional[int] = None, min_time: float 
     """Measured FLOP/s of a square matmul in ``dtype`` (2·n³ FLOPs each) and the size ``n`` used.
 
     ``size`` defaults to 2048 on the CPU and 8192 on CUDA (a GPU needs the larger product to reach its
-    peak: the MFU of a GPU run is against the rate its tensor cores actually reach). ``n`` is ``size`` unless a 512² probe predicts one ``size``² product to take longer than
-    ``max_seconds`` (bf16 on CPUs without AVX512-BF16/AMX): then the largest power-of-two size that
-    fits is used, down to 512.
+    peak: the MFU of a GPU run is against the rate its tensor cores actually reach). ``n`` is ``size``
+    unless a 512² probe predicts one ``size``² product to take longer than ``max_seconds`` (bf16 on
+    CPUs without AVX512-BF16/AMX): then the largest power-of-two size that fits is used, down to 512.
     """
     import torch
 
