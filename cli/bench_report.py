@@ -13,6 +13,14 @@ def _ratio(x) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+def _guided(c: dict) -> str:
+    if not c["guided"]:
+        return ""
+    if c.get("guided_evals", c["base_evals"]) == c["base_evals"]:
+        return ", guided"
+    return f", {c['guided_evals']} guided"
+
+
 def print_compare(r: dict) -> None:
     echo = click.echo
     echo(f"{r['preset']} on {r['device_name']} ({r['device']}, {r['threads']} threads), torch {r['torch']}, "
@@ -42,7 +50,7 @@ def print_compare(r: dict) -> None:
         for name in ("official", "default"):
             c = rec[name]
             echo(f"  {name:<9} base {c['sampler']} {c['steps']} ({c['base_evals']} steps"
-                 f"{', guided' if c['guided'] else ''}: {c['base_s']:,.1f} s) + upsampler {c['upsampler_sampler']} "
+                 f"{_guided(c)}: {c['base_s']:,.1f} s) + upsampler {c['upsampler_sampler']} "
                  f"{c['upsampler_steps']} from {c['upsampler_start']:g}T ({c['upsampler_evals']} steps: "
                  f"{c['upsampler_s']:,.1f} s) = {c['seconds']:,.1f} s")
         echo(f"  default / official: {rec['default_vs_official']:.3f}")

@@ -64,7 +64,18 @@ def task_option(required: bool = True):
 
 
 SAMPLE_KEYS = ("sampler", "steps", "upsampler_sampler", "upsampler_steps", "upsampler_start", "guidance",
-               "guidance_scale")
+               "guidance_scale", "guidance_interval")
+
+
+def _guidance_interval(ctx, param, value):
+    if value is None:
+        return None
+    from piti_core.config import _interval
+
+    try:
+        return _interval(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).replace("guidance_interval", "it"), param=param) from None
 
 
 def sampling_options(func):
@@ -84,6 +95,9 @@ def sampling_options(func):
         click.option("--guidance", type=click.Choice(["plain", "normalized", "none"]), default=None,
                      help="Classifier-free guidance of the base model (default: the run's)."),
         click.option("--guidance-scale", type=float, default=None, help="Official scale s (1 = conditional only)."),
+        click.option("--guidance-interval", default=None, metavar="LO,HI", callback=_guidance_interval,
+                     help="Guide only at steps with LO <= t/T <= HI, the conditional row alone elsewhere "
+                          "(default: the run's sample.guidance_interval, 0,1 = every step)."),
     ]
     for option in reversed(options):
         func = option(func)

@@ -31,7 +31,7 @@ from piti_core.errors import UsageError
 
 TRAIN_VARIANTS = ("stage2", "stage1", "checkpointing", "bf16", "compiled", "compiled-bf16")
 OFFICIAL_RECIPE = {"sampler": "ddpm", "steps": "250", "upsampler_sampler": "ddpm", "upsampler_steps": "fast27",
-                   "upsampler_start": 1.0, "guided": True}
+                   "upsampler_start": 1.0, "guided": True, "guidance_interval": (0.0, 1.0)}
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -227,24 +227,31 @@ def recipe_steps(cfg, recipe: dict) -> dict[str, Any]:
     from piti_core.diffusion import build_schedule
     from piti_core.sampling import truncate_schedule
 
-    base = len(build_schedule(cfg.diffusion.schedule, cfg.diffusion.steps, recipe["steps"]).timestep_map)
+    from piti_core.diffusion.guidance import guided_steps
+
+    base_schedule = build_schedule(cfg.diffusion.schedule, cfg.diffusion.steps, recipe["steps"])
+    base = len(base_schedule.timestep_map)
     up_schedule = build_schedule(cfg.diffusion.upsampler_schedule, cfg.diffusion.steps, recipe["upsampler_steps"])
     if recipe["upsampler_start"] < 1.0:
         up_schedule = truncate_schedule(up_schedule, cfg.diffusion.upsampler_schedule, recipe["upsampler_start"])
-    return {"base_evals": base, "upsampler_evals": len(up_schedule.timestep_map), "guided": recipe["guided"]}
+    interval = tuple(recipe.get("guidance_interval", (0.0, 1.0)))
+    guided = guided_steps(base_schedule, interval) if recipe["guided"] else 0
+    return {"base_evals": base, "guided_evals": guided, "upsampler_evals": len(up_schedule.timestep_map),
+            "guided": recipe["guided"]}
 
 
 def preset_recipe(cfg) -> dict[str, Any]:
     s = cfg.sample
     return {"sampler": s.sampler, "steps": s.steps, "upsampler_sampler": s.upsampler_sampler,
             "upsampler_steps": s.upsampler_steps, "upsampler_start": s.upsampler_start,
-            "guided": s.guidance != "none" and s.guidance_scale != 1}
+            "guided": s.guidance != "none" and s.guidance_scale != 1, "guidance_interval": s.guidance_interval}
 
 
 def recipe_cost(cfg, recipe: dict, base_guided_s: float, base_plain_s: float, upsampler_s: float) -> dict:
-    """Seconds for one image: base steps × step cost (guided: the 2-row pass) + upsampler steps × its cost."""
+    """Seconds for one image: base steps × step cost (guided steps: the 2-row pass) + upsampler steps ×
+    its cost."""
     n = recipe_steps(cfg, recipe)
-    base_s = n["base_evals"] * (base_guided_s if n["guided"] else base_plain_s)
+    base_s = n["guided_evals"] * base_guided_s + (n["base_evals"] - n["guided_evals"]) * base_plain_s
     up_s = n["upsampler_evals"] * upsampler_s
     return {**recipe, **n, "base_s": base_s, "upsampler_s": up_s, "seconds": base_s + up_s}
 

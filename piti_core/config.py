@@ -38,6 +38,16 @@ def _prob(inst, attribute, value):
         raise ValueError(f"{attribute.name} must be in [0, 1], got {value}")
 
 
+def _interval(value) -> tuple[float, float]:
+    if isinstance(value, str):
+        value = [v for v in value.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",")
+                 if v.strip()]
+    value = tuple(float(v) for v in value)
+    if len(value) != 2 or not 0.0 <= value[0] < value[1] <= 1.0:
+        raise ValueError(f"guidance_interval must be two numbers 0 <= lo < hi <= 1 (fractions of T), got {value}")
+    return value
+
+
 def _tuple_of_ints(value) -> tuple[int, ...]:
     if isinstance(value, str):
         value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
@@ -121,6 +131,9 @@ class SampleConfig:
     upsampler_steps: str = "fast27"
     guidance: str = "plain"
     guidance_scale: float = field(default=1.3, validator=_nonneg)
+    # Guidance only while lo <= t/T <= hi; outside it the base runs the conditional row alone (one decoder
+    # row per image instead of two). (0, 1): every step, as officially (docs/guidance.md).
+    guidance_interval: tuple[float, float] = field(default=(0.0, 1.0), converter=_interval)
     upsampler_temperature: float = field(default=0.997, validator=_pos)
     # Where the upsampler's sampling starts, as a fraction of T: 1 = from pure noise (official); below 1
     # it starts from the upsampled low-res image noised to that level (docs/upsampler.md).
@@ -301,7 +314,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if typ is str:
             return str(value)
         if typing.get_origin(typ) is tuple:
-            return _tuple_of_ints(value)
+            return _interval(value) if typing.get_args(typ) == (float, float) else _tuple_of_ints(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad value for '{key}': {exc}") from None
     return value

@@ -38,7 +38,7 @@ def sample_base(model, cond: torch.Tensor, null: torch.Tensor, cfg, *, sampler: 
         with autocast(dev, dtype):
             return model.decode_encoded(x, t, c).float()
 
-    model_fn = guided(fn, tokens, null_tokens, scale, kind=kind)
+    model_fn = guided(fn, tokens, null_tokens, scale, kind=kind, interval=s.guidance_interval)
     size = model.decoder.image_size if hasattr(model.decoder, "image_size") else cfg.model.image_size
     x = torch.randn((cond.shape[0], 3, size, size), generator=generator, device=dev)
     return get_sampler(sampler or s.sampler)(model_fn, x, schedule, generator=generator, callback=callback)

@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from click.testing import CliRunner
 
 from piti_cli.main import cli
@@ -84,3 +86,18 @@ def test_compiled_bf16_variant_dtype_and_defaults():
     chosen, skipped = default_variants(torch.device("cpu"))
     # compiled-bf16 runs only where both bf16 and compile do
     assert ("compiled-bf16" in chosen) == ("bf16" in chosen and "compiled" in chosen)
+
+
+def test_recipe_cost_counts_guided_steps_inside_the_interval_only():
+    from piti_core.bench_compare import recipe_cost
+    from piti_core.diffusion import build_schedule
+    from piti_core.diffusion.guidance import guided_steps
+
+    cfg = resolve_config(preset="tiny", overrides=["sample.steps=40", "sample.guidance_interval=0.3,0.7"])
+    steps = recipe_steps(cfg, preset_recipe(cfg))
+    schedule = build_schedule(cfg.diffusion.schedule, cfg.diffusion.steps, "40")
+    inside = [t for t in schedule.model_timesteps(torch.arange(40)).tolist() if 300 <= t <= 700]
+    assert steps["guided_evals"] == guided_steps(schedule, (0.3, 0.7)) == len(inside) and 0 < len(inside) < 40
+    cost = recipe_cost(cfg, preset_recipe(cfg), base_guided_s=2.0, base_plain_s=1.0, upsampler_s=0.0)
+    assert cost["base_s"] == 2.0 * len(inside) + 1.0 * (40 - len(inside))
+    assert recipe_steps(cfg, OFFICIAL_RECIPE)["guided_evals"] == 250  # the official recipe guides every step

@@ -43,15 +43,21 @@ TOLERANCE = 0.05
 
 
 def setting(sampler, steps, up_sampler="ddpm", up_steps="fast27", start=None, guidance="plain", scale=1.3,
-            note="", role="candidate"):
-    """One row's sampling settings; ``role`` is "baseline", "candidate" or "info" (shown, never recommended)."""
-    return {"sampler": sampler, "steps": str(steps), "upsampler_sampler": up_sampler, "upsampler_steps": str(up_steps),
-            "upsampler_start": start, "guidance": guidance, "guidance_scale": scale, "note": note, "role": role}
+            note="", role="candidate", interval=None):
+    """One row's sampling settings; ``role`` is "baseline", "candidate" or "info" (shown, never recommended).
+    ``interval`` (lo, hi): guidance only there (``--guidance-interval``); the key exists only when given,
+    so rows evaluated before it existed still match with --resume."""
+    s = {"sampler": sampler, "steps": str(steps), "upsampler_sampler": up_sampler, "upsampler_steps": str(up_steps),
+         "upsampler_start": start, "guidance": guidance, "guidance_scale": scale, "note": note, "role": role}
+    if interval is not None:
+        s["guidance_interval"] = [float(v) for v in interval]
+    return s
 
 
 def row_name(s: dict, seed: int) -> str:
+    gi = f"-gi{s['guidance_interval'][0]}-{s['guidance_interval'][1]}" if s.get("guidance_interval") else ""
     return (f"{s['sampler']}{s['steps']}-up-{s['upsampler_sampler']}{s['upsampler_steps']}"
-            f"-start{s['upsampler_start']}-{s['guidance']}{s['guidance_scale']}-seed{seed}")
+            f"-start{s['upsampler_start']}-{s['guidance']}{s['guidance_scale']}{gi}-seed{seed}")
 
 
 def decoder_rows(s: dict, cfg) -> dict:
@@ -59,12 +65,17 @@ def decoder_rows(s: dict, cfg) -> dict:
     from piti_core.diffusion import build_schedule
     from piti_core.sampling import truncate_schedule
 
-    base = build_schedule(cfg.diffusion.schedule, cfg.diffusion.steps, s["steps"]).num_timesteps
+    from piti_core.diffusion.guidance import guided_steps
+
+    base_schedule = build_schedule(cfg.diffusion.schedule, cfg.diffusion.steps, s["steps"])
+    base = base_schedule.num_timesteps
     guided = s["guidance"] != "none" and float(s["guidance_scale"]) != 1.0
+    interval = tuple(s.get("guidance_interval") or (0.0, 1.0))
+    n_guided = guided_steps(base_schedule, interval) if guided else 0
     up = build_schedule(cfg.diffusion.upsampler_schedule, cfg.diffusion.steps, s["upsampler_steps"])
     if s["upsampler_start"] < 1.0:
         up = truncate_schedule(up, cfg.diffusion.upsampler_schedule, s["upsampler_start"])
-    rows = {"base_steps": base, "base_rows": base * (2 if guided else 1), "upsampler_rows": up.num_timesteps,
+    rows = {"base_steps": base, "base_rows": base + n_guided, "upsampler_rows": up.num_timesteps,
             "upsampler_first_t": int(up.timestep_map[-1])}
     rows["decoder_rows"] = rows["base_rows"] + rows["upsampler_rows"]
     rows["glide_tflop"] = round((rows["base_rows"] * GLIDE_GFLOP["base"]
@@ -89,6 +100,8 @@ def run_eval(run: str, out: Path, s: dict, seed: int, n: int, resume: bool) -> d
            "--sampler", s["sampler"], "--steps", s["steps"], "--upsampler-sampler", s["upsampler_sampler"],
            "--upsampler-steps", s["upsampler_steps"], "--upsampler-start", str(s["upsampler_start"]),
            "--guidance", s["guidance"], "--guidance-scale", str(s["guidance_scale"])]
+    if s.get("guidance_interval"):
+        cmd += ["--guidance-interval", ",".join(str(v) for v in s["guidance_interval"])]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="100")
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -126,6 +139,8 @@ def judge(row: dict, base: dict) -> None:
 def label(s: dict) -> str:
     g = "no guidance" if s["guidance"] == "none" or float(s["guidance_scale"]) == 1 else \
         f"{s['guidance']} {s['guidance_scale']}"
+    if s.get("guidance_interval") and g != "no guidance":
+        g += f" in t/T [{s['guidance_interval'][0]:g}, {s['guidance_interval'][1]:g}]"
     return (f"{s['sampler']} \"{s['steps']}\" + up {s['upsampler_sampler']} \"{s['upsampler_steps']}\" "
             f"@{s['upsampler_start']}, {g}")
 

@@ -31,10 +31,13 @@ import torch
 
 from piti_core.errors import ConfigError
 
+NUM_TRAIN_TIMESTEPS = 1000  # samplers pass original timesteps on this 0..999 scale (Schedule.model_timesteps)
+
 __all__ = [
     "guided",
     "plain_guidance",
     "normalized_guidance",
+    "guided_steps",
     "no_guidance",
     "null_condition",
     "normalize_to",
@@ -81,13 +84,27 @@ def normalize_to(eps: torch.Tensor, ref: torch.Tensor, eps_floor: float = 1e-12)
     return (eps - mean) / std.clamp_min(eps_floor) * ref_std + ref_mean
 
 
-def _wrap(fn: CondFn, cond, null_cond, scale: float, normalize: bool) -> ModelFn:
+def _wrap(fn: CondFn, cond, null_cond, scale: float, normalize: bool,
+          interval: tuple[float, float] = (0.0, 1.0)) -> ModelFn:
     scale = _check_scale(scale)
     if scale == 1.0:
         return lambda x, t: fn(x, t, cond)
     both = _cat_conditions(cond, null_cond)
+    lo, hi = interval
+    everywhere = lo <= 0.0 and hi >= 1.0
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if not everywhere:
+            frac = t.float() / NUM_TRAIN_TIMESTEPS  # samplers pass the original timesteps, 0..999
+            inside = (frac >= lo) & (frac <= hi)
+            if not bool(inside.any()):
+                return fn(x, t, cond)  # outside the interval: the conditional row alone
+            if not bool(inside.all()):  # rows at different timesteps: guide only those inside
+                guided_out = model_fn_all(x, t)
+                return torch.where(inside.view(-1, *([1] * (x.ndim - 1))), guided_out, fn(x, t, cond))
+        return model_fn_all(x, t)
+
+    def model_fn_all(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = fn(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), both)
         out_c, out_u = out.split(x.shape[0], dim=0)
         c = x.shape[1]
@@ -100,17 +117,17 @@ def _wrap(fn: CondFn, cond, null_cond, scale: float, normalize: bool) -> ModelFn
     return model_fn
 
 
-def plain_guidance(fn: CondFn, cond, null_cond, scale: float) -> ModelFn:
+def plain_guidance(fn: CondFn, cond, null_cond, scale: float, interval=(0.0, 1.0)) -> ModelFn:
     """Official CFG: ``ε_u + s·(ε_c − ε_u)``, variance channels of the conditional branch."""
-    return _wrap(fn, cond, null_cond, scale, normalize=False)
+    return _wrap(fn, cond, null_cond, scale, normalize=False, interval=interval)
 
 
-def normalized_guidance(fn: CondFn, cond, null_cond, scale: float) -> ModelFn:
+def normalized_guidance(fn: CondFn, cond, null_cond, scale: float, interval=(0.0, 1.0)) -> ModelFn:
     """The paper's normalized CFG: plain guided ε̂ rescaled to ε_c's per-sample mean and std."""
-    return _wrap(fn, cond, null_cond, scale, normalize=True)
+    return _wrap(fn, cond, null_cond, scale, normalize=True, interval=interval)
 
 
-def no_guidance(fn: CondFn, cond, null_cond=None, scale: float = 1.0) -> ModelFn:
+def no_guidance(fn: CondFn, cond, null_cond=None, scale: float = 1.0, interval=(0.0, 1.0)) -> ModelFn:
     """The conditional model alone (``null_cond`` and ``scale`` ignored), e.g. for the upsampler."""
     return lambda x, t: fn(x, t, cond)
 
@@ -131,7 +148,17 @@ def get_guidance(name: str) -> Callable[..., ModelFn]:
         raise ConfigError(f"unknown guidance {name!r} (sample.guidance); valid names: {valid}") from None
 
 
-def guided(fn: CondFn, cond, null_cond, scale: float, kind: str = "plain") -> ModelFn:
+def guided_steps(schedule, interval: tuple[float, float] = (0.0, 1.0)) -> int:
+    """How many steps of ``schedule`` (a respaced Schedule) fall inside the guidance ``interval``: the
+    steps that run the 2-row guided pass; the others run the conditional row alone."""
+    n = len(schedule.timestep_map) if schedule.timestep_map is not None else int(schedule.num_timesteps)
+    frac = schedule.model_timesteps(torch.arange(n)) / NUM_TRAIN_TIMESTEPS
+    lo, hi = interval
+    return int(((frac >= lo) & (frac <= hi)).sum())
+
+
+def guided(fn: CondFn, cond, null_cond, scale: float, kind: str = "plain",
+           interval: tuple[float, float] = (0.0, 1.0)) -> ModelFn:
     """Wrap the conditional ``fn(x, t, cond)`` into a guided ``model_fn(x, t)`` (see module doc).
 
     Args:
@@ -140,5 +167,12 @@ def guided(fn: CondFn, cond, null_cond, scale: float, kind: str = "plain") -> Mo
         null_cond: the null condition, same structure (batch B or 1).
         scale: official guidance scale s (paper w = s − 1); 1 ⇒ conditional only, no extra pass.
         kind: ``"plain"``, ``"normalized"`` or ``"none"``.
+        interval: ``(lo, hi)`` fractions of T: guidance only at steps with ``lo <= t/T <= hi``, the
+            conditional row alone elsewhere (guidance in a limited interval, Kynkäänniemi et al.
+            2024); ``(0, 1)``: every step.
     """
-    return get_guidance(kind)(fn, cond, null_cond, scale)
+    wrap = get_guidance(kind)
+    interval = tuple(float(v) for v in interval)
+    if interval == (0.0, 1.0):
+        return wrap(fn, cond, null_cond, scale)
+    return wrap(fn, cond, null_cond, scale, interval=interval)

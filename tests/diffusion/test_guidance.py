@@ -112,3 +112,35 @@ def test_none_and_registry():
     with pytest.raises(ConfigError):
         guided(model, cond, null_condition(cond), float("nan"))
     assert torch.equal(null_condition(cond), torch.ones_like(cond))
+
+
+@pytest.mark.parametrize("kind", ["plain", "normalized"])
+def test_guidance_interval_runs_one_row_outside_and_guides_inside(kind):
+    x, t, cond = _inputs(2)
+    null = null_condition(cond)
+    model = CondModel()
+    fn = guided(model, cond, null, 2.0, kind=kind, interval=(0.3, 0.7))
+    everywhere = guided(CondModel(), cond, null, 2.0, kind=kind)
+    torch.testing.assert_close(fn(x, t), everywhere(x, t))  # t = 640: inside
+    assert [n for n, _ in model.calls] == [2 * B]
+    high = torch.full((B,), 900.0)
+    torch.testing.assert_close(fn(x, high), CondModel()(x, high, cond), rtol=0, atol=0)  # outside: conditional
+    assert [n for n, _ in model.calls][-1] == B  # one row per image, no null pass
+    mixed = torch.tensor([100.0, 500.0, 950.0])  # rows at different steps: only the middle one guided
+    out = fn(x, mixed)
+    torch.testing.assert_close(out[1], everywhere(x, mixed)[1])
+    torch.testing.assert_close(out[[0, 2]], CondModel()(x, mixed, cond)[[0, 2]])
+
+
+def test_guidance_interval_config_and_cli_errors():
+    from click.testing import CliRunner
+
+    from piti_cli.main import cli
+    from piti_core.config import resolve_config
+
+    assert resolve_config(preset="tiny", overrides=["sample.guidance_interval=0.2,0.8"]).sample.guidance_interval == \
+        (0.2, 0.8)
+    with pytest.raises(ConfigError, match="guidance_interval"):
+        resolve_config(preset="tiny", overrides=["sample.guidance_interval=0.8,0.2"])
+    res = CliRunner().invoke(cli, ["sample", "--run", "nowhere", "--input", "x.png", "--guidance-interval", "0.5"])
+    assert res.exit_code == 2 and "--guidance-interval" in res.output and "Traceback" not in res.output
