@@ -5,7 +5,8 @@
 Evaluates, like docs/scripts/fewstep_sampling.py (whose rows, names and --resume it shares: point --out
 at the few-step study's folder to reuse its baseline), the official recipe as the baseline and
 candidate settings with ``--guidance-interval`` on the tiny defaults' upsampler (DPM-Solver++ "12" from
-the run's upsampler_start): DDPM 50 / 35 / 30 base steps with guidance in t/T [0.3, 0.7], and DDPM 35
+the run's upsampler_start): DDPM 50 / 35 / 30 base steps with guidance in t/T [0.3, 0.7] (the middle,
+as the paper recommends), DDPM 50 / 35 with guidance in [0.3, 1] (none only at low noise), and DDPM 35
 guided at every step for comparison. Outside the interval the base runs the conditional row alone, so
 a step there costs one decoder row instead of two. Each row is judged against the baseline by the
 few-step criterion (FID <= 1.05x, edge F1 >= 0.95x). Writes DIR/interval.json and DIR/interval.md.
@@ -46,6 +47,7 @@ def main(argv=None) -> None:
     up = ("dpmpp", "12")
     candidates = [fs.setting("ddpm", "35", *up, start=start)]
     candidates += [fs.setting("ddpm", k, *up, start=start, interval=(0.3, 0.7)) for k in ("50", "35", "30")]
+    candidates += [fs.setting("ddpm", k, *up, start=start, interval=(0.3, 1.0)) for k in ("50", "35")]
     base_row = fs.make_row(baseline, args.seed, fs.run_eval(args.run, out, baseline, args.seed, args.n, True), cfg,
                            args.alignment)
     fs.judge(base_row, base_row)
