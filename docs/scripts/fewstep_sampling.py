@@ -10,7 +10,7 @@ per-step noise after it), so rows differ by their sampling settings, not by thei
 Rows, in three phases:
 
 1. the baseline = the official recipe: DDPM "250" base + DDPM "fast27" upsampler, plain guidance 1.3,
-   the run's ``sample.upsampler_start``; then base candidates DDPM "50" and "25", DPM-Solver++(2M) at
+   the run's ``sample.upsampler_start``; then base candidates DDPM "50", "35", "30" and "25", DPM-Solver++(2M) at
    10 / 15 / 20 / 25 steps and DDIM "ddim25", each with the baseline's upsampler;
 2. upsampler candidates (DPM-Solver++ / DDIM at about 5 and 10 evaluations after truncation) after the
    base candidate with the fewest decoder rows that passed phase 1 (the lowest FID when none passed);
@@ -185,7 +185,7 @@ def main(argv=None) -> None:
     up = [("dpmpp", "12"), ("dpmpp", "25"), ("ddim", "12"), ("ddim", "25")] if start <= 0.4 else \
         [("dpmpp", "5"), ("dpmpp", "10"), ("ddim", "5"), ("ddim", "10")]  # about 5 and 10 rows after truncation
     baseline = setting("ddpm", "250", start=start, note="baseline: official 250 + fast27", role="baseline")
-    phase1 = [baseline, setting("ddpm", "50", start=start), setting("ddpm", "25", start=start)]
+    phase1 = [baseline] + [setting("ddpm", k, start=start) for k in ("50", "35", "30", "25")]
     phase1 += [setting("dpmpp", k, start=start) for k in (10, 15, 20, 25)] + [setting("ddim", "ddim25", start=start)]
     results: list[dict] = []
 
