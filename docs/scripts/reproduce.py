@@ -42,7 +42,7 @@ class Budget:
     eval_n: int = 48  # first N images of the toy world's val split (about 100 with the defaults)
     eval_batch: int = 16
     eval_seed: int = 0  # sample.seed of every evaluation
-    eval_sampler: tuple = ("ddpm", "50")  # (a), (b), (c): the tiny preset's default sampler
+    eval_sampler: tuple = ("ddpm", "50")  # (a), (b), (c): the tiny default when reproduce.md was measured (now 30)
     eval_guidance: tuple = ("plain", 1.3)  # (a), (b), (d): the official guidance (tiny default)
     # (a): steps of stage1, stage1-cont, stage2 from the prior; scratch trains encoder + decoder for their sum
     full_steps: tuple = (150, 50, 200)
