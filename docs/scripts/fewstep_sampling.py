@@ -161,15 +161,21 @@ def table(rows: list[dict], alignment: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments every toy-world sampling study takes: RUN, --out, --n, --seed, --alignment."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("run")
     ap.add_argument("--out", required=True)
     ap.add_argument("--n", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--alignment", default="edge_f1", help="metrics.json key of the alignment metric.")
+    return ap
+
+
+def main(argv=None) -> None:
+    ap = study_arguments(__doc__.splitlines()[0])
     ap.add_argument("--second-seed", type=int, default=None,
                     help="Repeat the baseline and the recommended setting with this seed (noise level).")
-    ap.add_argument("--alignment", default="edge_f1", help="metrics.json key of the alignment metric.")
     ap.add_argument("--resume", action="store_true", help="Reuse rows already evaluated in --out.")
     ap.add_argument("--overwrite", action="store_true", help="Replace results already in --out.")
     args = ap.parse_args(argv)

@@ -15,7 +15,6 @@ few-step criterion (FID <= 1.05x, edge F1 >= 0.95x). Writes DIR/interval.json an
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -27,13 +26,8 @@ import fewstep_sampling as fs  # noqa: E402
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--n", type=int, default=48)
-    ap.add_argument("--seed", type=int, default=0)
+    ap = fs.study_arguments(__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--alignment", default="edge_f1")
     args = ap.parse_args(argv)
 
     from piti_core.config import load_config
