@@ -33,6 +33,41 @@ def list_inputs(source: str | Path) -> list[Path]:
     raise DataError(f"{path}: no such file or folder")
 
 
+def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False, verb: str = "sample"):
+    """The run's models ready to sample with ``settings``: ``(run, task, names, compute dtype)``.
+
+    Checks the sampler and guidance names and that the run has a base model (one line naming the run
+    otherwise, ``verb`` saying what the caller does), loads the base and upsampler on ``device``,
+    stores their conv/linear weights in the compute dtype once (bit-identical to autocast's per-step
+    cast, :func:`~piti_core.precision.cast_for_inference`) and compiles them with ``compile``.
+    Shared by ``piti sample`` and ``piti eval``.
+    """
+    from piti_core.diffusion import get_guidance, get_sampler
+    from piti_core.plugins import get_plugin_manager
+    from piti_core.precision import cast_for_inference, resolve_dtype
+    from piti_core.runs import load_run, read_run_meta
+
+    get_sampler(settings.sampler), get_sampler(settings.upsampler_sampler), get_guidance(settings.guidance)
+    host = get_plugin_manager()
+    meta = read_run_meta(run_dir)
+    task = host.task(meta.get("task") or "")
+    names = [n for n in ("base", "upsampler") if n in meta["models"]]
+    if "base" not in names:
+        raise UsageError(f"{run_dir} has no base model (models: {', '.join(meta['models'])}); "
+                         f"{verb} a run made by `piti train` or `piti convert`")
+    device = torch.device(device)
+    compute = resolve_dtype(dtype, device)
+    run = load_run(run_dir, names=names, device=device, extra_sections=host.task_sections())
+    for model in run.models.values():
+        cast_for_inference(model, compute)
+    if compile:
+        from piti_core.compile import compile_model
+
+        for model in run.models.values():
+            compile_model(model, device=device, purpose="sample")
+    return run, task, names, compute
+
+
 def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, settings, *, device: str = "cpu",
                  dtype: str = "fp32", overwrite: bool = False, compile: bool = False,
                  callback: Callable[[dict], None] | None = None) -> dict[str, Any]:
@@ -42,33 +77,14 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
     command line's changes); the run's own config supplies everything else. ``compile`` runs the
     decoders through torch.compile (:func:`piti_core.compile.compile_model`, docs/compile.md).
     """
-    from piti_core.diffusion import get_guidance, get_sampler
     from piti_core.io import check_writable
-    from piti_core.plugins import get_plugin_manager
-    from piti_core.precision import cast_for_inference, resolve_dtype
-    from piti_core.runs import load_run, read_run_meta
     from piti_core.sampling import sample_base, sample_upsampler, save_grid
 
     out_dir = Path(out_dir)
     check_writable(out_dir, overwrite)
-    get_sampler(settings.sampler), get_sampler(settings.upsampler_sampler), get_guidance(settings.guidance)
-    host = get_plugin_manager()
-    meta = read_run_meta(run_dir)
-    task = host.task(meta.get("task") or "")
-    names = [n for n in ("base", "upsampler") if n in meta["models"]]
-    if "base" not in names:
-        raise UsageError(f"{run_dir} has no base model (models: {', '.join(meta['models'])}); "
-                         "sample a run made by `piti train` or `piti convert`")
+    run, task, names, compute = load_cascade(run_dir, settings, device=device, dtype=dtype, compile=compile,
+                                             verb="sample")
     device = torch.device(device)
-    compute = resolve_dtype(dtype, device)
-    run = load_run(run_dir, names=names, device=device, extra_sections=host.task_sections())
-    for model in run.models.values():  # weights cast once, not at every step (bit-identical to autocast)
-        cast_for_inference(model, compute)
-    if compile:
-        from piti_core.compile import compile_model
-
-        for model in run.models.values():
-            compile_model(model, device=device, purpose="sample")
     cfg = attrs.evolve(run.config, sample=settings)
     conds = [task.preprocess(p, cfg) for p in inputs]  # bad inputs fail here, before any sampling
     stems = _unique_stems(inputs)

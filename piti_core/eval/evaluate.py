@@ -27,7 +27,7 @@ from typing import Any, Callable
 import attrs
 import torch
 
-from piti_core.errors import CheckpointError, PitiError, UsageError
+from piti_core.errors import CheckpointError, PitiError
 
 EVAL_FORMAT = "piti-eval/1"
 KID_SUBSET = 1000  # torch-fidelity / clean-fid default, lowered to n for small evaluations
@@ -65,30 +65,12 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
     it is None and the default weights are missing, FID/KID are reported as unavailable with a note.
     ``compile`` runs the decoders through torch.compile (:func:`piti_core.compile.compile_model`).
     """
-    from piti_core.diffusion import get_guidance, get_sampler
-    from piti_core.plugins import get_plugin_manager
-    from piti_core.precision import cast_for_inference, resolve_dtype
-    from piti_core.runs import load_run, read_run_meta
+    from piti_core.generate import load_cascade
 
     say = callback or (lambda event: None)
-    get_sampler(settings.sampler), get_sampler(settings.upsampler_sampler), get_guidance(settings.guidance)
-    host = get_plugin_manager()
-    meta = read_run_meta(run_dir)
-    task = host.task(meta.get("task") or "")
-    if "base" not in meta["models"]:
-        raise UsageError(f"{run_dir} has no base model (models: {', '.join(meta['models'])}); "
-                         "evaluate a run made by `piti train` or `piti convert`")
-    names = [m for m in ("base", "upsampler") if m in meta["models"]]
+    run, task, names, compute = load_cascade(run_dir, settings, device=device, dtype=dtype, compile=compile,
+                                             verb="evaluate")
     dev = torch.device(device)
-    compute = resolve_dtype(dtype, dev)
-    run = load_run(run_dir, names=names, device=dev, extra_sections=host.task_sections())
-    for model in run.models.values():  # weights cast once, not at every step (bit-identical to autocast)
-        cast_for_inference(model, compute)
-    if compile:
-        from piti_core.compile import compile_model
-
-        for model in run.models.values():
-            compile_model(model, device=dev, purpose="sample")
     cfg = attrs.evolve(run.config, sample=settings)
     if data_root is not None:
         cfg = attrs.evolve(cfg, data=attrs.evolve(cfg.data, root=str(data_root), format="auto"))
