@@ -90,3 +90,23 @@ def test_upsampler_sampler_option_reaches_the_upsampler_only(run_dir, sketches, 
     assert settings["upsampler_sampler"] == "ddim" and settings["sampler"] == "ddpm"
     res = _sample(run_dir, sketches, tmp_path / "bad", "--upsampler-sampler", "euler")
     assert res.exit_code == 2 and "euler" in res.output
+
+
+def test_a_run_without_base_model_is_one_line_for_sample_and_eval(tmp_path):
+    """load_cascade, shared by sample and eval, names the run and what the caller was doing."""
+    from piti_cli.main import cli
+    from piti_core.runs import RUN_FORMAT, RUN_JSON, RUN_VERSION
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RUN_JSON).write_text(json.dumps({"format": RUN_FORMAT, "version": RUN_VERSION, "task": "sketch",
+                                            "models": {"upsampler": {}}}))
+    from piti_core.config import resolve_config, save_config
+
+    save_config(resolve_config(preset="tiny"), run / "config.json")
+    (tmp_path / "s.png").write_bytes(b"")
+    for args, verb in ((["sample", "--run", str(run), "--input", str(tmp_path / "s.png")], "sample"),
+                       (["eval", "--run", str(run), "--no-fid"], "evaluate")):
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code != 0 and "has no base model" in res.output and f"{verb} a run made" in res.output
+        assert "Traceback" not in res.output
