@@ -94,17 +94,12 @@ def _wrap(fn: CondFn, cond, null_cond, scale: float, normalize: bool,
     everywhere = lo <= 0.0 and hi >= 1.0
 
     def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        inside = None
         if not everywhere:
             frac = t.float() / NUM_TRAIN_TIMESTEPS  # samplers pass the original timesteps, 0..999
             inside = (frac >= lo) & (frac <= hi)
             if not bool(inside.any()):
                 return fn(x, t, cond)  # outside the interval: the conditional row alone
-            if not bool(inside.all()):  # rows at different timesteps: guide only those inside
-                guided_out = model_fn_all(x, t)
-                return torch.where(inside.view(-1, *([1] * (x.ndim - 1))), guided_out, fn(x, t, cond))
-        return model_fn_all(x, t)
-
-    def model_fn_all(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = fn(torch.cat([x, x], dim=0), torch.cat([t, t], dim=0), both)
         out_c, out_u = out.split(x.shape[0], dim=0)
         c = x.shape[1]
@@ -112,6 +107,8 @@ def _wrap(fn: CondFn, cond, null_cond, scale: float, normalize: bool,
         eps = eps_u + scale * (eps_c - eps_u)
         if normalize:
             eps = normalize_to(eps, eps_c)
+        if inside is not None and not bool(inside.all()):  # rows at other timesteps: conditional, unguided
+            eps = torch.where(inside.view(-1, *([1] * (x.ndim - 1))), eps, eps_c)
         return torch.cat([eps, out_c[:, c:]], dim=1)
 
     return model_fn

@@ -47,11 +47,15 @@ class Conv2d(nn.Conv2d):
     CUDA, and under torch.compile) it is ``F.conv2d``.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # what a layer's shape decides, once: the per-call test below is then one attribute for most layers
+        self._unfoldable = (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
+                            and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dim() == 4 and x.shape[0] * x.shape[-1] * x.shape[-2] <= UNFOLD_MAX_PIXELS
-                and self.in_channels >= UNFOLD_MIN_CHANNELS
-                and self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
-                and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros"
+        if (self._unfoldable and self.in_channels >= UNFOLD_MIN_CHANNELS and x.device.type == "cpu"
+                and x.dim() == 4 and x.shape[0] * x.shape[-1] * x.shape[-2] <= UNFOLD_MAX_PIXELS
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32
                 and not torch.compiler.is_compiling()):
             return conv3x3_unfold(x, self.weight, self.bias)
