@@ -55,15 +55,9 @@ def _config_palette_key(value: str) -> tuple:
 
 
 @functools.lru_cache(maxsize=16)
-def _read_config_palette(key: tuple) -> tuple[tuple[str, ...] | None, tuple[tuple[int, int, int], ...]]:
-    """(class names or None, colours) of a palette given in config; ConfigError naming the key or file."""
-    names, colours, _ = _read_config_palette_lut(key)
-    return names, colours
-
-
-@functools.lru_cache(maxsize=16)
-def _read_config_palette_lut(key: tuple):
-    """(class names or None, colours, label LUT or None) of a palette given in config."""
+def _read_config_palette(key: tuple):
+    """(class names or None, colours, label LUT or None) of a palette given in config; ConfigError naming
+    the key or file."""
     import json
 
     value = key[0]
@@ -136,7 +130,7 @@ class MaskTask(Task):
         (``mask.num_classes`` overrides the count), coloured with COCO's map where the data set has none."""
         opts = self.options(cfg)
         if opts.palette not in ("dataset", "coco"):
-            names, palette = _read_config_palette(_config_palette_key(opts.palette))
+            names, palette, _ = _read_config_palette(_config_palette_key(opts.palette))
             n = opts.num_classes or len(palette)
             if n > len(palette):
                 raise ConfigError(f"mask.palette has {len(palette)} colours but mask.num_classes is {n}; "
@@ -154,6 +148,16 @@ class MaskTask(Task):
             palette = labelcolormap(n + 1)[1:]
         return names, [tuple(int(v) for v in c) for c in palette[:n]]
 
+    def label_lut(self, cfg):
+        """How a label PNG's raw values map to class ids (ADE20K: 0 = other, k = class k - 1), or None:
+        the data set's own when its classes are used, the one a run recorded in ``mask.palette``."""
+        opts = self.options(cfg)
+        if opts.palette not in ("dataset", "coco"):
+            return _read_config_palette(_config_palette_key(opts.palette))[2]
+        if cfg.data.root and not opts.num_classes:
+            return _dataset_meta(cfg.data.root, cfg.data.format).label_lut
+        return None
+
     def run_config(self, cfg):
         """Record a data set's classes in the run: ``mask.palette`` becomes the JSON object of its class
         names, colours and label mapping, ``mask.num_classes`` their count, so sampling and evaluation
@@ -166,8 +170,7 @@ class MaskTask(Task):
         if not cfg.data.root or opts.palette not in ("dataset", "coco"):
             return cfg
         names, palette = self.classes(cfg)
-        from_dataset = not opts.num_classes
-        lut = _dataset_meta(cfg.data.root, cfg.data.format).label_lut if from_dataset else None
+        lut = self.label_lut(cfg)
         record = {"classes": list(names), "palette": [list(c) for c in palette]}
         if lut is not None:
             record["label_lut"] = [int(v) for v in lut]
@@ -218,14 +221,7 @@ class MaskTask(Task):
         spec = self.condition_spec(cfg)
         opts = self.options(cfg)
         black = (0, 0, 0) if (0, 0, 0) not in spec.palette else None  # ignore, unless a class is black
-        # classes from a data set: its label PNGs' own ids (ADE20K: 0 = other, k = class k - 1)
-        from_dataset = cfg.data.root and not opts.num_classes and opts.palette in ("dataset", "coco")
-        if from_dataset:
-            lut = _dataset_meta(cfg.data.root, cfg.data.format).label_lut
-        elif opts.palette not in ("dataset", "coco"):  # recorded by run_config: the data set's own ids
-            lut = _read_config_palette_lut(_config_palette_key(opts.palette))[2]
-        else:
-            lut = None
+        lut = self.label_lut(cfg)  # label PNGs in the data set's own ids
         meta = DatasetMeta(name="the task's classes", num_classes=spec.num_classes, palette=spec.palette,
                            ignore_index=spec.ignore_index, ignore_color=black, label_lut=lut)
         colours = {"dataset": f"colours of {cfg.data.root or 'the toy world'}", "coco": "COCO colours"}
