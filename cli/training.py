@@ -77,12 +77,11 @@ def resumed_config(config, opts: dict, task=None):
     saved = load_config(path, get_plugin_manager().task_sections())
     params = click.get_current_context().params
     given = bool(params.get("preset") or params.get("config_files") or params.get("overrides"))
-    cfg = _apply_overrides(config if given else saved, opts.get("data"), opts.get("skip_bad"), opts.get("dtype"))
-    cfg = attrs.evolve(cfg, data=attrs.evolve(
-        cfg.data, root=cfg.data.root if opts.get("data") else saved.data.root,
-        skip_bad=cfg.data.skip_bad if opts.get("skip_bad") else saved.data.skip_bad))
-    if not opts.get("dtype"):
-        cfg = attrs.evolve(cfg, train=attrs.evolve(cfg.train, dtype=saved.train.dtype))
+    base = config if given else saved
+    # what --data/--skip-bad/--dtype set is the saved value unless the flag is given again
+    base = attrs.evolve(base, data=attrs.evolve(base.data, root=saved.data.root, skip_bad=saved.data.skip_bad),
+                        train=attrs.evolve(base.train, dtype=saved.train.dtype))
+    cfg = _apply_overrides(base, opts.get("data"), opts.get("skip_bad"), opts.get("dtype"))
     if given and task is not None:  # what the run recorded from its data set (Task.run_config)
         cfg = task.run_config(cfg)
     a, b = _flat(config_to_dict(saved)), _flat(config_to_dict(cfg))
