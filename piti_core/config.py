@@ -38,20 +38,22 @@ def _prob(inst, attribute, value):
         raise ValueError(f"{attribute.name} must be in [0, 1], got {value}")
 
 
-def _interval(value) -> tuple[float, float]:
+def _items(value) -> list:
+    """A TOML list as it is; a command-line string "1,2", "(1, 2)" or "[0.2, 0.8]" split at its commas."""
     if isinstance(value, str):
-        value = [v for v in value.replace("(", "").replace(")", "").replace("[", "").replace("]", "").split(",")
-                 if v.strip()]
-    value = tuple(float(v) for v in value)
+        return [v for v in value.strip().strip("()[]").split(",") if v.strip()]
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _interval(value) -> tuple[float, float]:
+    value = tuple(float(v) for v in _items(value))
     if len(value) != 2 or not 0.0 <= value[0] < value[1] <= 1.0:
         raise ValueError(f"guidance_interval must be two numbers 0 <= lo < hi <= 1 (fractions of T), got {value}")
     return value
 
 
 def _tuple_of_ints(value) -> tuple[int, ...]:
-    if isinstance(value, str):
-        value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-    return tuple(int(v) for v in value)
+    return tuple(int(v) for v in _items(value))
 
 
 # ----------------------------------------------------------------------------------------- sections
@@ -295,8 +297,9 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {a.name: hints.get(a.name, Any) for a in attrs.fields(cls)}
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    """Convert a TOML or command-line value to the field's type, or raise ConfigError."""
+def _coerce(value: Any, typ: Any, key: str, converter: Any = None) -> Any:
+    """Convert a TOML or command-line value to the field's type (tuples: through the field's own
+    converter), or raise ConfigError naming the key."""
     try:
         if typ is bool:
             if isinstance(value, bool):
@@ -315,7 +318,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if typ is str:
             return str(value)
         if typing.get_origin(typ) is tuple:
-            return _interval(value) if typing.get_args(typ) == (float, float) else _tuple_of_ints(value)
+            return converter(value) if converter is not None else tuple(_items(value))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad value for '{key}': {exc}") from None
     return value
@@ -327,11 +330,12 @@ def _unknown(key: str, valid) -> ConfigError:
 
 def _build_section(cls: type, base: Any, values: Mapping[str, Any], prefix: str) -> Any:
     types = _field_types(cls)
+    converters = {a.name: a.converter for a in attrs.fields(cls)}
     changes = {}
     for key, value in values.items():
         if key not in types:
             raise _unknown(f"{prefix}.{key}", [f"{prefix}.{k}" for k in types])
-        changes[key] = _coerce(value, types[key], f"{prefix}.{key}")
+        changes[key] = _coerce(value, types[key], f"{prefix}.{key}", converters[key])
     try:
         return attrs.evolve(base, **changes) if base is not None else cls(**changes)
     except (TypeError, ValueError) as exc:

@@ -144,3 +144,12 @@ def test_guidance_interval_config_and_cli_errors():
         resolve_config(preset="tiny", overrides=["sample.guidance_interval=0.8,0.2"])
     res = CliRunner().invoke(cli, ["sample", "--run", "nowhere", "--input", "x.png", "--guidance-interval", "0.5"])
     assert res.exit_code == 2 and "--guidance-interval" in res.output and "Traceback" not in res.output
+
+
+def test_guidance_interval_from_toml_values():
+    from piti_core.config import resolve_config
+
+    assert resolve_config(preset="tiny", overrides=["sample.guidance_interval=[0.25, 0.75]"]).sample.guidance_interval \
+        == (0.25, 0.75)
+    with pytest.raises(ConfigError, match="two numbers"):  # a single TOML number, named as such
+        resolve_config(preset="tiny", overrides=["sample.guidance_interval=0.5"])
