@@ -78,16 +78,30 @@ def _guidance_interval(ctx, param, value):
         raise click.BadParameter(str(exc).replace("guidance_interval", "it"), param=param) from None
 
 
+def _sampler_name(ctx, param, value):
+    """A registered sampler's name (built-in or a plugin's), checked before any model is loaded."""
+    if value is None:
+        return None
+    from piti_core.plugins import get_plugin_manager
+
+    names = sorted(get_plugin_manager().samplers)
+    if value not in names:
+        raise click.BadParameter(f"{value!r} is not a registered sampler; choose one of {', '.join(names)}",
+                                 param=param)
+    return value
+
+
 def sampling_options(func):
     """--sampler, --steps, --upsampler-sampler, --upsampler-steps, --upsampler-start, --guidance, --guidance-scale:
     changes to the run's ``sample`` section (None = keep the run's value); see :func:`sample_changes`."""
     options = [
-        click.option("--sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), default=None,
-                     help="Base sampler (default: the run's sample.sampler)."),
+        click.option("--sampler", default=None, callback=_sampler_name, metavar="NAME",
+                     help="Base sampler: ddpm, ddim, dpmpp, dpmpp-sde or a plugin's (`piti plugins`; "
+                          "default: the run's sample.sampler)."),
         click.option("--steps", default=None,
                      help="Base respacing: 250, 50, ddim25, ... (default: the run's sample.steps)."),
-        click.option("--upsampler-sampler", type=click.Choice(["ddpm", "ddim", "dpmpp"]), default=None,
-                     help="Upsampler sampler (default: the run's sample.upsampler_sampler, ddpm)."),
+        click.option("--upsampler-sampler", default=None, callback=_sampler_name, metavar="NAME",
+                     help="Upsampler sampler, as --sampler (default: the run's sample.upsampler_sampler)."),
         click.option("--upsampler-steps", default=None, help="Upsampler respacing (default: the run's, fast27)."),
         click.option("--upsampler-start", type=click.FloatRange(0, 1, min_open=True), default=None,
                      help="Start the upsampler at this fraction of T from its noised low-res input "

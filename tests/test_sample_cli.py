@@ -89,7 +89,7 @@ def test_upsampler_sampler_option_reaches_the_upsampler_only(run_dir, sketches, 
     settings = json.loads((tmp_path / "ddim" / "settings.json").read_text())["settings"]
     assert settings["upsampler_sampler"] == "ddim" and settings["sampler"] == "ddpm"
     res = _sample(run_dir, sketches, tmp_path / "bad", "--upsampler-sampler", "euler")
-    assert res.exit_code == 2 and "euler" in res.output
+    assert res.exit_code == 2 and "euler" in res.output and "dpmpp-sde" in res.output  # the registry's names
 
 
 def test_a_run_without_base_model_is_one_line_for_sample_and_eval(tmp_path):

@@ -11,10 +11,13 @@ Rows, in three phases:
 
 1. the baseline = the official recipe: DDPM "250" base + DDPM "fast27" upsampler, plain guidance 1.3,
    the run's ``sample.upsampler_start``; then base candidates DDPM "50", "35", "30" and "25", DPM-Solver++(2M) at
-   10 / 15 / 20 / 25 steps and DDIM "ddim25", each with the baseline's upsampler;
+   10 / 15 / 20 / 25 steps, DDIM "ddim25" and SDE-DPM-Solver++(2M) at 10 / 15 / 20 steps, each with the
+   baseline's upsampler;
 2. upsampler candidates (DPM-Solver++ / DDIM at about 5 and 10 evaluations after truncation) after the
    base candidate with the fewest decoder rows that passed phase 1 (the lowest FID when none passed);
-   then the baseline at upsampler start 1.0 (official; information, never recommended);
+   then the baseline at upsampler start 1.0 (official; information, never recommended), and that base
+   candidate with upsamplers from pure noise (``PURE_NOISE_UPSAMPLERS``, role "pure-noise"), judged against
+   the baseline at start 1.0 (the glide preset's start);
 3. with ``--second-seed``: the baseline, phase 1's pick and the recommended setting again with that
    seed (their noise level).
 
@@ -40,6 +43,8 @@ from pathlib import Path
 
 GLIDE_GFLOP = {"base": 230.4, "upsampler": 1272.0}  # per decoder row, `piti bench --preset glide` (performance.md)
 TOLERANCE = 0.05
+# upsampler candidates from pure noise (start 1.0), after phase 2's base: about 8, 10 and 15 evaluations
+PURE_NOISE_UPSAMPLERS = (("ddpm", "fast27"), ("dpmpp-sde", "8"), ("dpmpp-sde", "10"), ("dpmpp-sde", "15"))
 
 
 def setting(sampler, steps, up_sampler="ddpm", up_steps="fast27", start=None, guidance="plain", scale=1.3,
@@ -193,18 +198,21 @@ def main(argv=None) -> None:
     baseline = setting("ddpm", "250", start=start, note="baseline: official 250 + fast27", role="baseline")
     phase1 = [baseline] + [setting("ddpm", k, start=start) for k in ("50", "35", "30", "25")]
     phase1 += [setting("dpmpp", k, start=start) for k in (10, 15, 20, 25)] + [setting("ddim", "ddim25", start=start)]
+    phase1 += [setting("dpmpp-sde", k, start=start) for k in (10, 15, 20)]
     results: list[dict] = []
 
-    def evaluate(s: dict, seed: int) -> dict:
+    def evaluate(s: dict, seed: int, ref: dict | None = None) -> dict:
+        """One row, judged against ``ref`` (default: the baseline row of the same seed)."""
         row = make_row(s, seed, run_eval(args.run, out, s, seed, args.n, args.resume), cfg, args.alignment)
-        ref = row if s is baseline else next(r for r in results if r["setting"] is baseline and r["seed"] == seed)
+        if ref is None:
+            ref = row if s is baseline else next(r for r in results if r["setting"] is baseline and r["seed"] == seed)
         judge(row, ref)
         results.append(row)
         write(out, results, args)
         return row
 
-    def fewest_passing(rows):
-        passed = [r for r in rows if r["setting"]["role"] == "candidate" and r["passes"]]
+    def fewest_passing(rows, role="candidate"):
+        passed = [r for r in rows if r["setting"]["role"] == role and r["passes"]]
         return min(passed, key=lambda r: (r["decoder_rows"], r["fid"])) if passed else None
 
     for s in phase1:
@@ -215,28 +223,38 @@ def main(argv=None) -> None:
     for sampler, steps in up:
         evaluate(setting(b["sampler"], b["steps"], sampler, steps, start=start), args.seed)
     chosen = fewest_passing(results)
+    chosen_pure = None
     if start != 1.0:
-        evaluate(setting("ddpm", "250", start=1.0, note="official start 1.0", role="info"), args.seed)
+        official1 = evaluate(setting("ddpm", "250", start=1.0, note="official start 1.0", role="info"), args.seed)
+        # the upsampler from pure noise (the official start, glide's default) after the same base, judged
+        # against the official recipe at start 1.0
+        for sampler, steps in PURE_NOISE_UPSAMPLERS:
+            evaluate(setting(b["sampler"], b["steps"], sampler, steps, start=1.0, role="pure-noise",
+                             note="vs official start 1.0"), args.seed, ref=official1)
+        chosen_pure = fewest_passing(results, role="pure-noise")
     if args.second_seed is not None:  # the baseline, phase 1's pick and the recommendation: their noise level
         again = [baseline, b] + ([chosen["setting"]] if chosen else [])
         for s in [s for i, s in enumerate(again) if s not in again[:i]]:
             evaluate(s, args.second_seed)
-    write(out, results, args, chosen)
+    write(out, results, args, chosen, chosen_pure)
     print(f"recommended: {label(chosen['setting']) if chosen else 'none passed'}; see {out / 'fewstep.md'}")
 
 
-def write(out: Path, results: list[dict], args, chosen: dict | None = None) -> None:
+def write(out: Path, results: list[dict], args, chosen: dict | None = None, chosen_pure: dict | None = None) -> None:
     from piti_core.io import atomic_write_text
 
     record = {"run": str(args.run), "n": args.n, "seed": args.seed, "second_seed": args.second_seed,
               "alignment": args.alignment, "tolerance": TOLERANCE, "rows": results,
-              "recommended": chosen["name"] if chosen else None}
+              "recommended": chosen["name"] if chosen else None,
+              "recommended_pure_noise": chosen_pure["name"] if chosen_pure else None}
     atomic_write_text(out / "fewstep.json", json.dumps(record, indent=2) + "\n")
     text = (f"Few-step sampling on `{args.run}`: n = {args.n} val images, seed {args.seed} (common random "
             f"numbers), passes = FID <= {1 + TOLERANCE:.2f} x baseline and {args.alignment} >= "
             f"{1 - TOLERANCE:.2f} x baseline (same seed).\n\n{table(results, args.alignment)}\n")
     if chosen:
         text += f"\nRecommended (fewest decoder rows that pass): {label(chosen['setting'])}\n"
+    if chosen_pure:
+        text += f"\nFrom pure noise (against the official recipe at start 1.0): {label(chosen_pure['setting'])}\n"
     atomic_write_text(out / "fewstep.md", text)
 
 

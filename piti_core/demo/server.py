@@ -28,12 +28,18 @@ from piti_core.demo.jobs import Job, JobQueue
 from piti_core.errors import UsageError
 
 MAX_UPLOAD = 8 * 1024 * 1024
-SAMPLERS = ("ddpm", "ddim", "dpmpp")
 GUIDANCES = ("plain", "normalized", "none")
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"BM", ".bmp"), (b"II*\x00", ".tif"),
           (b"MM\x00*", ".tif"), (b"\x93NUMPY", ".npy"))
 _STEPS = re.compile(r"^(ddim|fast)?\d{1,4}(,\d{1,4})*$")
 _FILES = ("input", "condition", "base", "image")
+
+
+def _sampler_names() -> list[str]:
+    """The registered samplers (built-in and plugins'), as the demo page offers them."""
+    from piti_core.plugins import get_plugin_manager
+
+    return sorted(get_plugin_manager().samplers)
 
 
 class BadRequest(Exception):
@@ -84,7 +90,7 @@ class DemoApp:
                 "kind": "labels" if self.spec.palette else "sketch" if self.spec.channels == 1 else "image",
                 "palette": [list(c) for c in self.spec.palette or ()],
                 "class_names": list(self.spec.class_names or ()), "models": self.models,
-                "samplers": list(SAMPLERS), "guidances": list(GUIDANCES), "max_upload": self.max_upload,
+                "samplers": _sampler_names(), "guidances": list(GUIDANCES), "max_upload": self.max_upload,
                 "defaults": {"sampler": s.sampler, "steps": s.steps, "upsampler_steps": s.upsampler_steps,
                              "guidance": s.guidance, "guidance_scale": s.guidance_scale, "seed": s.seed}}
 
@@ -92,8 +98,9 @@ class DemoApp:
         """Query parameters -> sample settings (the run's defaults for those not given); BadRequest(400)."""
         d = dict(self.info()["defaults"])
         get = {k: v[-1].strip() for k, v in query.items() if v and v[-1].strip()}
-        if get.get("sampler", d["sampler"]) not in SAMPLERS:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"sampler must be one of {', '.join(SAMPLERS)}")
+        samplers = _sampler_names()
+        if get.get("sampler", d["sampler"]) not in samplers:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f"sampler must be one of {', '.join(samplers)}")
         if get.get("guidance", d["guidance"]) not in GUIDANCES:
             raise BadRequest(HTTPStatus.BAD_REQUEST, f"guidance must be one of {', '.join(GUIDANCES)}")
         for key in ("steps", "upsampler_steps"):

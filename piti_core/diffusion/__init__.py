@@ -25,7 +25,14 @@ from piti_core.diffusion.resample import (
     get_timestep_sampler,
 )
 from piti_core.diffusion.respace import build_schedule, respace, space_timesteps
-from piti_core.diffusion.samplers import SAMPLERS, get_sampler, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from piti_core.diffusion.samplers import (
+    SAMPLERS,
+    get_sampler,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+)
 from piti_core.diffusion.schedules import Schedule, cosine_betas, get_betas, linear_betas
 
 __all__ = [
@@ -54,6 +61,7 @@ __all__ = [
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
     "space_timesteps",
     "training_losses",
 ]

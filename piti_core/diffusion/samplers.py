@@ -15,7 +15,8 @@ Every sampler has the signature::
   steps, "t": original timestep of this step (int), "x": the sample after the step, "x0": x̂_0}``.
 
 Samplers: ``ddpm`` (ancestral, the official ``p_sample_loop``), ``ddim`` (``eta`` = 0 deterministic),
-``dpmpp`` (DPM-Solver++(2M), data-prediction multistep, good at 10–25 steps).
+``dpmpp`` (DPM-Solver++(2M), data-prediction multistep, good at 10–25 steps), ``dpmpp-sde``
+(its stochastic SDE variant: fresh noise at every step, like DDPM, at few steps).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from piti_core.diffusion.gaussian import (
 from piti_core.diffusion.schedules import Schedule
 from piti_core.errors import ConfigError
 
-__all__ = ["sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "SAMPLERS", "get_sampler", "ModelFn", "Callback"]
+__all__ = ["sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "SAMPLERS", "get_sampler", "ModelFn", "Callback"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
@@ -171,17 +172,80 @@ def sample_dpmpp_2m(
     return x
 
 
+@torch.no_grad()
+def sample_dpmpp_2m_sde(
+    model_fn: ModelFn,
+    x: torch.Tensor,
+    schedule: Schedule,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    clip_denoised: bool = True,
+    eta: float = 1.0,
+) -> torch.Tensor:
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022, §5), the stochastic variant of :func:`sample_dpmpp_2m`.
+
+    It solves the reverse SDE instead of the probability-flow ODE: each step shrinks the carried
+    noise by e^{−ηh} and draws fresh noise, which lets it correct the model's errors the way DDPM's
+    ancestral chain does, at DPM-Solver's step counts. Step i → i−1 with h = λ_{i−1} − λ_i and
+    ``eta`` = η (1: the SDE; 0: the ODE solver above, apart from the correction's form)::
+
+        x ← (σ_{i−1}/σ_i)·e^{−ηh}·x + α_{i−1}·(1 − e^{−(1+η)h})·x̂_0
+            + ½·α_{i−1}·(1 − e^{−(1+η)h})·(x̂_0 − x̂_0_prev)/r          (second order, r = h_prev/h)
+            + σ_{i−1}·√(1 − e^{−2ηh})·z
+
+    (the "midpoint" form of the reference implementations). The last model evaluation returns x̂_0.
+    The step into index 0 is always first order: on uniform-in-t grids its log-SNR jump is several
+    times the previous step's, and extrapolating x̂_0 differences that carry the fresh noise
+    overshoots (exact Gaussian model, 20 steps: sample std 0.44 against 0.30 with a second-order
+    final step, 0.296 with a first-order one).
+    """
+    total = schedule.num_timesteps
+    ac = schedule.alphas_cumprod
+    old_x0, h_prev = None, None
+    for step, index in enumerate(reversed(range(total))):
+        t, out = _run_model(model_fn, x, index, schedule)
+        eps, _ = split_model_output(out, x.shape[1])
+        x0 = predict_xstart_from_eps(x, t, eps, schedule)
+        if clip_denoised:
+            x0 = x0.clamp(-1, 1)
+        if index == 0:
+            x = x0
+        else:
+            a_cur, a_next = float(ac[index]), float(ac[index - 1])
+            alpha_next = math.sqrt(a_next)
+            sigma_cur, sigma_next = math.sqrt(1 - a_cur), math.sqrt(1 - a_next)
+            lam_cur = 0.5 * math.log(a_cur) - 0.5 * math.log1p(-a_cur)
+            lam_next = 0.5 * math.log(a_next) - 0.5 * math.log1p(-a_next)
+            h = lam_next - lam_cur
+            weight = -math.expm1(-(1 + eta) * h)
+            x = (sigma_next / sigma_cur) * math.exp(-eta * h) * x + alpha_next * weight * x0
+            if old_x0 is not None and index != 1:
+                x = x + 0.5 * alpha_next * weight * (h / h_prev) * (x0 - old_x0)
+            if eta > 0:
+                x = x + sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * _randn(x, generator)
+            old_x0, h_prev = x0, h
+        _report(callback, step, total, index, schedule, x, x0)
+    return x
+
+
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddpm": sample_ddpm,
     "ddim": sample_ddim,
     "dpmpp": sample_dpmpp_2m,
+    "dpmpp-sde": sample_dpmpp_2m_sde,
 }
 
 
 def get_sampler(name: str) -> Callable[..., torch.Tensor]:
-    """The sampler function registered as ``name`` (``sample.sampler`` in the config)."""
-    try:
+    """The sampler registered as ``name`` (``sample.sampler`` in the config): a built-in one, else one
+    a plugin registered with ``register_samplers`` (docs/plugins.md)."""
+    if name in SAMPLERS:
         return SAMPLERS[name]
-    except KeyError:
-        valid = ", ".join(sorted(SAMPLERS))
-        raise ConfigError(f"unknown sampler {name!r} (sample.sampler); valid names: {valid}") from None
+    from piti_core.plugins import get_plugin_manager
+
+    registered = get_plugin_manager().samplers
+    if name in registered:
+        return registered[name]
+    valid = ", ".join(sorted(set(SAMPLERS) | set(registered)))
+    raise ConfigError(f"unknown sampler {name!r} (sample.sampler); valid names: {valid}")

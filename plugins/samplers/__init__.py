@@ -1,4 +1,4 @@
-"""Built-in samplers (DDPM ancestral, DDIM, DPM-Solver++(2M)), registered like any plugin's.
+"""Built-in samplers (DDPM ancestral, DDIM, DPM-Solver++(2M) and its SDE variant), registered like any plugin's.
 
 The functions are imported only when a sampler is called, so loading plugins stays torch-free.
 """
@@ -9,7 +9,7 @@ import importlib
 
 from piti_core.hookspecs import hookimpl
 
-BUILTIN = {"ddpm": "sample_ddpm", "ddim": "sample_ddim", "dpmpp": "sample_dpmpp_2m"}
+BUILTIN = {"ddpm": "sample_ddpm", "ddim": "sample_ddim", "dpmpp": "sample_dpmpp_2m", "dpmpp-sde": "sample_dpmpp_2m_sde"}
 
 
 class LazySampler:

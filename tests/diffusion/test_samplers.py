@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from piti_core.diffusion.respace import build_schedule, respace
-from piti_core.diffusion.samplers import SAMPLERS, get_sampler, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from piti_core.diffusion.samplers import (
+    SAMPLERS,
+    get_sampler,
+    sample_ddim,
+    sample_ddpm,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+)
 from piti_core.diffusion.schedules import cosine_betas
 from piti_core.errors import ConfigError
 
@@ -126,10 +133,11 @@ def test_dpmpp_few_steps_beats_ddim(gaussian_model):
     assert _ode_error(sample_dpmpp_2m, 10, gaussian_model) < 0.7 * _ode_error(sample_ddim, 10, gaussian_model)
 
 
-@pytest.mark.parametrize("name,kw", [("ddpm", {}), ("ddim", {}), ("dpmpp", {})])
-def test_samples_match_data_distribution(name, kw, gaussian_model):
+@pytest.mark.parametrize("name,kw,steps", [("ddpm", {}, "50"), ("ddim", {}, "50"), ("dpmpp", {}, "50"),
+                                           ("dpmpp-sde", {}, "50"), ("dpmpp-sde", {}, "20")])
+def test_samples_match_data_distribution(name, kw, steps, gaussian_model):
     mu, s = 0.1, 0.3
-    sched = build_schedule("cosine", 1000, "50")
+    sched = build_schedule("cosine", 1000, steps)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2048, 1, 2, 2, generator=g)
     out = SAMPLERS[name](gaussian_model(mu=mu, s=s, v=0.0), x, sched, generator=g, clip_denoised=False, **kw)
@@ -145,8 +153,68 @@ def test_ddim_eta1_is_ddpm_with_posterior_variance(sched10, gaussian_model):
     torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
 
 
+@pytest.mark.parametrize("steps", ["10", "30"])
+def test_dpmpp_sde_at_eta0_is_the_ode_solver(steps, gaussian_model):
+    sched = build_schedule("cosine", 1000, steps)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    model = gaussian_model(mu=0.1, s=0.3)
+    ode_steps, sde_steps = [], []
+    ode = sample_dpmpp_2m(model, x, sched, callback=ode_steps.append)
+    sde0 = sample_dpmpp_2m_sde(model, x, sched, eta=0.0, generator=torch.Generator().manual_seed(1),
+                               callback=sde_steps.append)
+    # the same steps; the SDE solver always takes the step into index 0 at first order, the ODE solver
+    # only in runs of fewer than 15 steps
+    same = ode_steps if int(steps) < 15 else ode_steps[:-2]
+    for a, b in zip(same, sde_steps):
+        torch.testing.assert_close(b["x"], a["x"], atol=1e-10, rtol=1e-10)
+    if int(steps) < 15:
+        torch.testing.assert_close(sde0, ode, atol=1e-10, rtol=1e-10)
+    else:
+        assert not torch.allclose(sde0, ode, atol=1e-6)
+    sde1 = sample_dpmpp_2m_sde(model, x, sched, generator=torch.Generator().manual_seed(1))
+    assert (sde1 - ode).abs().max() > 1e-3  # eta = 1 draws noise
+
+
+def test_dpmpp_sde_first_step_formula(gaussian_model):
+    # one step 500 -> 400 of a custom respacing, computed independently (first order: no previous x0)
+    sched = respace(cosine_betas(1000), range(0, 600, 100))
+    model = gaussian_model(mu=0.1, s=0.6)
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    z = torch.randn(SHAPE, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    steps = []
+    sample_dpmpp_2m_sde(model, x, sched, generator=torch.Generator().manual_seed(11), callback=steps.append)
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    a_cur, a_next = f(501 / 1000) / f(0.0), f(401 / 1000) / f(0.0)
+    lam = lambda a: 0.5 * math.log(a / (1 - a))  # noqa: E731
+    h = lam(a_next) - lam(a_cur)
+    eps = model(x, torch.full((2,), 500.0))[:, :3]
+    x0 = ((x - math.sqrt(1 - a_cur) * eps) / math.sqrt(a_cur)).clamp(-1, 1)
+    expected = (math.sqrt((1 - a_next) / (1 - a_cur)) * math.exp(-h) * x
+                + math.sqrt(a_next) * (1 - math.exp(-2 * h)) * x0
+                + math.sqrt(1 - a_next) * math.sqrt(1 - math.exp(-2 * h)) * z)
+    torch.testing.assert_close(steps[0]["x"], expected, atol=1e-5, rtol=1e-5)
+
+
 def test_get_sampler():
     assert get_sampler("dpmpp") is sample_dpmpp_2m
+    assert get_sampler("dpmpp-sde") is sample_dpmpp_2m_sde
     with pytest.raises(ConfigError) as info:
         get_sampler("euler")
-    assert "ddim, ddpm, dpmpp" in str(info.value)
+    assert "ddim, ddpm, dpmpp, dpmpp-sde" in str(info.value)
+
+
+def test_get_sampler_finds_a_plugins_sampler(fake_entry_points):
+    from piti_core.testing import make_plugin_module
+
+    source = """
+from piti_core.hookspecs import hookimpl
+
+@hookimpl
+def register_samplers(register):
+    register("identity", lambda model_fn, x, schedule, **kw: x)
+"""
+    fake_entry_points.add("identity", make_plugin_module("piti_test_identity_sampler", source))
+    x = torch.ones(SHAPE)
+    assert torch.equal(get_sampler("identity")(None, x, None), x)
+    with pytest.raises(ConfigError, match="identity"):
+        get_sampler("euler")
