@@ -124,14 +124,14 @@ class DiffusionConfig:
 @frozen
 class SampleConfig:
     # Defaults: the fewest steps that kept FID and alignment within 5% of the official recipe (DDPM 250 +
-    # DDPM fast27) on the toy world (docs/performance.md, "Few-step sampling"): 30 base steps (passed with
-    # both seeds and both upsamplers; 25 failed); from pure noise (upsampler_start 1) the upsampler keeps
-    # fast27 (DPM-Solver++ 12 failed there). The official recipe: --sampler ddpm --steps 250
-    # --upsampler-sampler ddpm --upsampler-steps fast27
-    sampler: str = "ddpm"
-    steps: str = "30"
-    upsampler_sampler: str = "ddpm"
-    upsampler_steps: str = "fast27"
+    # DDPM fast27) on the toy world, with two seeds (docs/performance.md, "Few-step sampling"): 6 base steps
+    # of SDE-DPM-Solver++(2M) (the deterministic solvers failed at every step count, DDPM below 30); from
+    # pure noise (upsampler_start 1) the upsampler takes 10 SDE-DPM-Solver++ steps (8 failed). The official
+    # recipe: --sampler ddpm --steps 250 --upsampler-sampler ddpm --upsampler-steps fast27
+    sampler: str = "dpmpp-sde"
+    steps: str = "6"
+    upsampler_sampler: str = "dpmpp-sde"
+    upsampler_steps: str = "10"
     guidance: str = "plain"
     guidance_scale: float = field(default=1.3, validator=_nonneg)
     # Guidance only while lo <= t/T <= hi; outside it the base runs the conditional row alone (one decoder
@@ -279,8 +279,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 128 bytes hold a whole toy-world caption (the shipped prior was made with 32, which cut most)
         "text": dict(layers=2, heads=4, context_length=128),
         # the tiny upsampler ignores its low-res input at high noise (colours drift): start it at 0.4·T
-        # and from there DPM-Solver++ "12" (5 steps below 0.4·T) matches fast27 (docs/performance.md)
-        "sample": dict(upsampler_start=0.4, upsampler_sampler="dpmpp", upsampler_steps="12"),
+        # and from there SDE-DPM-Solver++ "12" (5 steps below 0.4·T) matches fast27 (docs/performance.md)
+        "sample": dict(upsampler_start=0.4, upsampler_sampler="dpmpp-sde", upsampler_steps="12"),
         "train": dict(batch_size=8, lr=1e-3, cont_lr=5e-4, decoder_lr=3e-4, upsampler_lr=1e-4, pretrain_lr=3e-4,
                       ema_rate=0.999, stage1_steps=300,
                       stage1_cont_steps=100, stage2_steps=300, upsampler_steps=300, pretrain_steps=2000,

@@ -81,13 +81,15 @@ def test_upsampler_sampler_option_reaches_the_upsampler_only(run_dir, sketches, 
             return real(model_fn, x, schedule, **kw)
         return sampler
 
-    for name in ("ddpm", "ddim"):
+    for name in list(samplers.SAMPLERS):
         monkeypatch.setitem(samplers.SAMPLERS, name, spy(name))
+    base = json.loads((run_dir / "config.json").read_text())["sample"]["sampler"]
+    assert base != "ddim"
     res = _sample(run_dir, sketches, tmp_path / "ddim", "--upsampler-sampler", "ddim")
     assert res.exit_code == 0, res.output
-    assert calls == [("ddpm", 32), ("ddim", 64)] * 2  # two batches: base with ddpm, upsampler with ddim
+    assert calls == [(base, 32), ("ddim", 64)] * 2  # two batches: the run's base sampler, upsampler with ddim
     settings = json.loads((tmp_path / "ddim" / "settings.json").read_text())["settings"]
-    assert settings["upsampler_sampler"] == "ddim" and settings["sampler"] == "ddpm"
+    assert settings["upsampler_sampler"] == "ddim" and settings["sampler"] == base
     res = _sample(run_dir, sketches, tmp_path / "bad", "--upsampler-sampler", "euler")
     assert res.exit_code == 2 and "euler" in res.output and "dpmpp-sde" in res.output  # the registry's names
 

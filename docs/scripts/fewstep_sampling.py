@@ -11,14 +11,16 @@ Rows, in three phases:
 
 1. the baseline = the official recipe: DDPM "250" base + DDPM "fast27" upsampler, plain guidance 1.3,
    the run's ``sample.upsampler_start``; then base candidates DDPM "50", "35", "30" and "25", DPM-Solver++(2M) at
-   10 / 15 / 20 / 25 steps, DDIM "ddim25" and SDE-DPM-Solver++(2M) at 10 / 15 / 20 steps, each with the
-   baseline's upsampler;
-2. upsampler candidates (DPM-Solver++ / DDIM at about 5 and 10 evaluations after truncation) after the
+   10 / 15 / 20 / 25 steps, DDIM "ddim25" and SDE-DPM-Solver++(2M) at 6 / 8 / 10 / 15 / 20 steps, each
+   with the baseline's upsampler;
+2. upsampler candidates (DPM-Solver++ / DDIM at about 5 and 10 evaluations after truncation, SDE-DPM-Solver++
+   at about 5) after the
    base candidate with the fewest decoder rows that passed phase 1 (the lowest FID when none passed);
    then the baseline at upsampler start 1.0 (official; information, never recommended), and that base
    candidate with upsamplers from pure noise (``PURE_NOISE_UPSAMPLERS``, role "pure-noise"), judged against
    the baseline at start 1.0 (the glide preset's start);
-3. with ``--second-seed``: the baseline, phase 1's pick and the recommended setting again with that
+3. with ``--second-seed``: the baseline, phase 1's pick, the recommended setting (and the recommended
+   pure-noise setting with the official recipe at start 1.0) again with that
    seed (their noise level).
 
 Cost is counted in **decoder rows per image**: base steps × 2 when guidance runs (one batched pass
@@ -181,6 +183,9 @@ def main(argv=None) -> None:
     ap = study_arguments(__doc__.splitlines()[0])
     ap.add_argument("--second-seed", type=int, default=None,
                     help="Repeat the baseline and the recommended setting with this seed (noise level).")
+    ap.add_argument("--base", default=None, metavar="SAMPLER:STEPS",
+                    help="Run phases 2 and 3 after this base setting instead of phase 1's cheapest passing one "
+                         "(e.g. dpmpp-sde:10); it is evaluated in phase 1 if it is not there.")
     ap.add_argument("--resume", action="store_true", help="Reuse rows already evaluated in --out.")
     ap.add_argument("--overwrite", action="store_true", help="Replace results already in --out.")
     args = ap.parse_args(argv)
@@ -193,12 +198,12 @@ def main(argv=None) -> None:
         sys.exit(f"{out} already holds results; pass --resume to reuse them or --overwrite to redo them")
     cfg = load_config(Path(args.run) / "config.json", get_plugin_manager().task_sections())
     start = cfg.sample.upsampler_start
-    up = [("dpmpp", "12"), ("dpmpp", "25"), ("ddim", "12"), ("ddim", "25")] if start <= 0.4 else \
-        [("dpmpp", "5"), ("dpmpp", "10"), ("ddim", "5"), ("ddim", "10")]  # about 5 and 10 rows after truncation
+    up = [("dpmpp", "12"), ("dpmpp", "25"), ("ddim", "12"), ("ddim", "25"), ("dpmpp-sde", "12")] if start <= 0.4 \
+        else [("dpmpp", "5"), ("dpmpp", "10"), ("ddim", "5"), ("ddim", "10"), ("dpmpp-sde", "5")]  # ~5, 10 rows
     baseline = setting("ddpm", "250", start=start, note="baseline: official 250 + fast27", role="baseline")
     phase1 = [baseline] + [setting("ddpm", k, start=start) for k in ("50", "35", "30", "25")]
     phase1 += [setting("dpmpp", k, start=start) for k in (10, 15, 20, 25)] + [setting("ddim", "ddim25", start=start)]
-    phase1 += [setting("dpmpp-sde", k, start=start) for k in (10, 15, 20)]
+    phase1 += [setting("dpmpp-sde", k, start=start) for k in (6, 8, 10, 15, 20)]
     results: list[dict] = []
 
     def evaluate(s: dict, seed: int, ref: dict | None = None) -> dict:
@@ -215,14 +220,21 @@ def main(argv=None) -> None:
         passed = [r for r in rows if r["setting"]["role"] == role and r["passes"]]
         return min(passed, key=lambda r: (r["decoder_rows"], r["fid"])) if passed else None
 
+    forced = None
+    if args.base:
+        sampler, _, steps = args.base.partition(":")
+        forced = setting(sampler, steps, start=start)
+        phase1 = [s for s in phase1 if s != forced] + [forced]
     for s in phase1:
         evaluate(s, args.seed)
     # phase 2: short upsamplers after the cheapest passing base (the best-FID candidate when none passed)
     pick = fewest_passing(results) or min(results[1:], key=lambda r: r["fid"])
-    b = pick["setting"]
+    b = forced or pick["setting"]
     for sampler, steps in up:
         evaluate(setting(b["sampler"], b["steps"], sampler, steps, start=start), args.seed)
-    chosen = fewest_passing(results)
+    same_base = [r for r in results if not forced or
+                 (r["setting"]["sampler"], r["setting"]["steps"]) == (forced["sampler"], forced["steps"])]
+    chosen = fewest_passing(same_base)
     chosen_pure = None
     if start != 1.0:
         official1 = evaluate(setting("ddpm", "250", start=1.0, note="official start 1.0", role="info"), args.seed)
@@ -232,10 +244,13 @@ def main(argv=None) -> None:
             evaluate(setting(b["sampler"], b["steps"], sampler, steps, start=1.0, role="pure-noise",
                              note="vs official start 1.0"), args.seed, ref=official1)
         chosen_pure = fewest_passing(results, role="pure-noise")
-    if args.second_seed is not None:  # the baseline, phase 1's pick and the recommendation: their noise level
+    if args.second_seed is not None:  # the baseline, phase 1's pick and the recommendations: their noise level
         again = [baseline, b] + ([chosen["setting"]] if chosen else [])
         for s in [s for i, s in enumerate(again) if s not in again[:i]]:
             evaluate(s, args.second_seed)
+        if chosen_pure:
+            ref = evaluate(official1["setting"], args.second_seed)
+            evaluate(chosen_pure["setting"], args.second_seed, ref=ref)
     write(out, results, args, chosen, chosen_pure)
     print(f"recommended: {label(chosen['setting']) if chosen else 'none passed'}; see {out / 'fewstep.md'}")
 
