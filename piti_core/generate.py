@@ -78,7 +78,7 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
     decoders through torch.compile (:func:`piti_core.compile.compile_model`, docs/compile.md).
     """
     from piti_core.io import check_writable
-    from piti_core.sampling import sample_base, sample_upsampler, save_grid
+    from piti_core.sampling import save_grid
 
     out_dir = Path(out_dir)
     check_writable(out_dir, overwrite)
@@ -95,20 +95,16 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
     for start in range(0, total, settings.batch_size):
         cond = torch.cat(conds[start:start + settings.batch_size]).to(device)
         batch = f"images {start + 1}-{start + cond.shape[0]} of {total}"
-        base = sample_base(run.models["base"], cond, task.null_condition(cond), cfg, generator=gen,
-                           callback=_stage(callback, "base", batch), dtype=compute)
-        final = base
-        if "upsampler" in run.models:
-            final = sample_upsampler(run.models["upsampler"], base, cond, cfg, generator=gen,
-                                     callback=_stage(callback, "upsampler", batch), dtype=compute)
+        base, final = sample_cascade(run, task, cond, cfg, generator=gen, dtype=compute, callback=callback,
+                                     label=batch)
         for i in range(cond.shape[0]):
             stem = stems[start + i]
             vis = task.visualize(cond[i].float().cpu(), cfg)
             files = {"image": out_dir / f"{stem}.png", "base": out_dir / f"{stem}_base.png",
                      "condition": out_dir / f"{stem}_condition.png"}
-            _save_png(files["image"], (final[i].float().cpu() + 1) / 2)
-            _save_png(files["base"], (base[i].float().cpu() + 1) / 2)
-            _save_png(files["condition"], vis)
+            save_png(files["image"], (final[i].float().cpu() + 1) / 2)
+            save_png(files["base"], (base[i].float().cpu() + 1) / 2)
+            save_png(files["condition"], vis)
             rows.append([vis, (base[i].float().cpu() + 1) / 2, (final[i].float().cpu() + 1) / 2])
             written.append({"input": str(inputs[start + i]), **{k: str(v) for k, v in files.items()}})
     save_grid(out_dir / "grid.png", rows)
@@ -119,6 +115,25 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
 
     atomic_write_text(out_dir / "settings.json", json.dumps(record, indent=2) + "\n")
     return {"out": str(out_dir), "grid": str(out_dir / "grid.png"), "outputs": written}
+
+
+def sample_cascade(run, task, cond: torch.Tensor, cfg, *, generator: torch.Generator, dtype,
+                   callback: Callable[[dict], None] | None = None, label: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The base model's samples for the encoded batch ``cond``, then the upsampler's from them (when the
+    run has one); returns ``(base, final)`` in [−1, 1] (``final is base`` without an upsampler).
+
+    ``callback`` receives ``{"event": "sample-step", "stage": "base" | "upsampler", "batch": label, ...}``
+    after every sampler step. Shared by ``piti sample`` and ``piti eval``.
+    """
+    from piti_core.sampling import sample_base, sample_upsampler
+
+    base = sample_base(run.models["base"], cond, task.null_condition(cond), cfg, generator=generator,
+                       callback=_stage(callback, "base", label), dtype=dtype)
+    final = base
+    if "upsampler" in run.models:
+        final = sample_upsampler(run.models["upsampler"], base, cond, cfg, generator=generator,
+                                 callback=_stage(callback, "upsampler", label), dtype=dtype)
+    return base, final
 
 
 def _stage(callback, name: str, batch: str):
@@ -137,11 +152,12 @@ def _unique_stems(paths: list[Path]) -> list[str]:
     return out
 
 
-def _save_png(path: Path, img: torch.Tensor) -> None:
+def save_png(path: Path, img: torch.Tensor) -> None:
+    """Write a (3, H, W) image in [0, 1] as an 8-bit PNG, atomically."""
     import numpy as np
     from PIL import Image
 
     from piti_core.io import atomic_write
 
-    arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    arr = (img.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
     atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))

@@ -65,7 +65,7 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
     it is None and the default weights are missing, FID/KID are reported as unavailable with a note.
     ``compile`` runs the decoders through torch.compile (:func:`piti_core.compile.compile_model`).
     """
-    from piti_core.generate import load_cascade
+    from piti_core.generate import load_cascade, sample_cascade, save_png
 
     say = callback or (lambda event: None)
     run, task, names, compute = load_cascade(run_dir, settings, device=device, dtype=dtype, compile=compile,
@@ -108,7 +108,9 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
         stop = min(start + settings.batch_size, total)
         batch = _collate([ds[i] for i in range(start, stop)], dev)
         label = f"images {start + 1}-{stop} of {total}"
-        final = _sample(run, task, batch["cond"], cfg, gen, compute, callback, label)
+        _, final = sample_cascade(run, task, batch["cond"], cfg, generator=gen, dtype=compute, callback=callback,
+                                  label=label)
+        final = final.float().clamp(-1, 1)
         gt = batch[gt_key].float().clamp(-1, 1)
         count = stop - start
         _accumulate(sums, task.alignment(final, batch, cfg), count)
@@ -124,7 +126,7 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
         for i in range(count):
             stem = _unique(stems, str(batch["stem"][i]))
             if sample_dir is not None:
-                _save_png(Path(sample_dir) / f"{stem}.png", (final[i] + 1) / 2)
+                save_png(Path(sample_dir) / f"{stem}.png", (final[i] + 1) / 2)
             if len(rows) < grid_items:
                 grid_stems.append(stem)
                 rows.append([task.visualize(batch["cond"][i].float().cpu(), cfg),
@@ -268,24 +270,6 @@ def _fid_kid(real, fake, prefix: str, info: dict, note: str) -> dict:
     return {f"{prefix}fid": fid, f"{prefix}kid": kid, f"{prefix}kid_std": kid_std}
 
 
-def _sample(run, task, cond, cfg, gen, compute, callback, label):
-    from piti_core.sampling import sample_base, sample_upsampler
-
-    base = sample_base(run.models["base"], cond, task.null_condition(cond), cfg, generator=gen,
-                       callback=_stage(callback, "base", label), dtype=compute)
-    if "upsampler" not in run.models:
-        return base.float().clamp(-1, 1)
-    final = sample_upsampler(run.models["upsampler"], base, cond, cfg, generator=gen,
-                             callback=_stage(callback, "upsampler", label), dtype=compute)
-    return final.float().clamp(-1, 1)
-
-
-def _stage(callback, name: str, batch: str):
-    if callback is None:
-        return None
-    return lambda event: callback({"event": "sample-step", "stage": name, "batch": batch, **event})
-
-
 def _collate(items: list[dict], dev) -> dict:
     out = {}
     for key in items[0]:
@@ -307,16 +291,6 @@ def _unique(seen: dict, stem: str) -> str:
     k = seen.get(stem, 0)
     seen[stem] = k + 1
     return stem if k == 0 else f"{stem}-{k + 1}"
-
-
-def _save_png(path: Path, img: torch.Tensor) -> None:
-    import numpy as np
-    from PIL import Image
-
-    from piti_core.io import atomic_write
-
-    arr = (img.float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    atomic_write(path, lambda tmp: Image.fromarray(arr).save(tmp, format="PNG"))
 
 
 def write_results(out_dir: Path, evaluation: Evaluation) -> dict:
