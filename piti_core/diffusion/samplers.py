@@ -35,7 +35,8 @@ from piti_core.diffusion.gaussian import (
 from piti_core.diffusion.schedules import Schedule
 from piti_core.errors import ConfigError
 
-__all__ = ["sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "SAMPLERS", "get_sampler", "ModelFn", "Callback"]
+__all__ = ["sample_ddpm", "sample_ddim", "sample_dpmpp_2m", "sample_dpmpp_2m_sde", "SAMPLERS", "get_sampler",
+           "ModelFn", "Callback"]
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
@@ -143,33 +144,8 @@ def sample_dpmpp_2m(
     (``generator`` unused). Few-step runs do best on grids denser near t = 0 than ``"N"`` gives.
     """
     del generator  # deterministic: the argument exists for a uniform sampler signature
-    total = schedule.num_timesteps
-    ac = schedule.alphas_cumprod
-    old_x0, h_prev = None, None
-    for step, index in enumerate(reversed(range(total))):
-        t, out = _run_model(model_fn, x, index, schedule)
-        eps, _ = split_model_output(out, x.shape[1])
-        x0 = predict_xstart_from_eps(x, t, eps, schedule)
-        if clip_denoised:
-            x0 = x0.clamp(-1, 1)
-        if index == 0:
-            x = x0
-        else:
-            a_cur, a_next = float(ac[index]), float(ac[index - 1])
-            alpha_next = math.sqrt(a_next)
-            sigma_cur, sigma_next = math.sqrt(1 - a_cur), math.sqrt(1 - a_next)
-            lam_cur = 0.5 * math.log(a_cur) - 0.5 * math.log1p(-a_cur)
-            lam_next = 0.5 * math.log(a_next) - 0.5 * math.log1p(-a_next)
-            h = lam_next - lam_cur
-            if old_x0 is None or (index == 1 and total < 15):
-                d = x0  # first step, or lower-order final step for short runs (as DPM-Solver)
-            else:
-                r = h_prev / h
-                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * old_x0
-            x = (sigma_next / sigma_cur) * x - alpha_next * math.expm1(-h) * d
-            old_x0, h_prev = x0, h
-        _report(callback, step, total, index, schedule, x, x0)
-    return x
+    return _dpmpp_2m(model_fn, x, schedule, generator=None, callback=callback, clip_denoised=clip_denoised,
+                     eta=0.0, first_order_final=schedule.num_timesteps < 15)
 
 
 @torch.no_grad()
@@ -188,7 +164,7 @@ def sample_dpmpp_2m_sde(
     It solves the reverse SDE instead of the probability-flow ODE: each step shrinks the carried
     noise by e^{−ηh} and draws fresh noise, which lets it correct the model's errors the way DDPM's
     ancestral chain does, at DPM-Solver's step counts. Step i → i−1 with h = λ_{i−1} − λ_i and
-    ``eta`` = η (1: the SDE; 0: the ODE solver above, apart from the correction's form)::
+    ``eta`` = η (1: the SDE; 0: the ODE solver above, with which it shares its code)::
 
         x ← (σ_{i−1}/σ_i)·e^{−ηh}·x + α_{i−1}·(1 − e^{−(1+η)h})·x̂_0
             + ½·α_{i−1}·(1 − e^{−(1+η)h})·(x̂_0 − x̂_0_prev)/r          (second order, r = h_prev/h)
@@ -200,6 +176,13 @@ def sample_dpmpp_2m_sde(
     overshoots (exact Gaussian model, 20 steps: sample std 0.44 against 0.30 with a second-order
     final step, 0.296 with a first-order one).
     """
+    return _dpmpp_2m(model_fn, x, schedule, generator=generator, callback=callback, clip_denoised=clip_denoised,
+                     eta=eta, first_order_final=True)
+
+
+def _dpmpp_2m(model_fn, x, schedule, *, generator, callback, clip_denoised, eta, first_order_final):
+    """The DPM-Solver++(2M) walk shared by both solvers: ``eta`` = 0 is the ODE, 1 the SDE; with
+    ``first_order_final`` the step into index 0 is first order."""
     total = schedule.num_timesteps
     ac = schedule.alphas_cumprod
     old_x0, h_prev = None, None
@@ -220,7 +203,7 @@ def sample_dpmpp_2m_sde(
             h = lam_next - lam_cur
             weight = -math.expm1(-(1 + eta) * h)
             x = (sigma_next / sigma_cur) * math.exp(-eta * h) * x + alpha_next * weight * x0
-            if old_x0 is not None and index != 1:
+            if old_x0 is not None and not (index == 1 and first_order_final):
                 x = x + 0.5 * alpha_next * weight * (h / h_prev) * (x0 - old_x0)
             if eta > 0:
                 x = x + sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * _randn(x, generator)

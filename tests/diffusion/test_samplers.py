@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from piti_core.diffusion.respace import build_schedule, respace
-from piti_core.diffusion.samplers import (
-    SAMPLERS,
-    get_sampler,
-    sample_ddim,
-    sample_ddpm,
-    sample_dpmpp_2m,
-    sample_dpmpp_2m_sde,
-)
+from piti_core.diffusion.samplers import SAMPLERS, get_sampler, sample_ddim, sample_ddpm, sample_dpmpp_2m
+from piti_core.diffusion.samplers import sample_dpmpp_2m_sde
 from piti_core.diffusion.schedules import cosine_betas
 from piti_core.errors import ConfigError
 
