@@ -118,9 +118,11 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
 
 
 def sample_cascade(run, task, cond: torch.Tensor, cfg, *, generator: torch.Generator, dtype,
-                   callback: Callable[[dict], None] | None = None, label: str = "") -> tuple[torch.Tensor, torch.Tensor]:
-    """The base model's samples for the encoded batch ``cond``, then the upsampler's from them (when the
-    run has one); returns ``(base, final)`` in [−1, 1] (``final is base`` without an upsampler).
+                   callback: Callable[[dict], None] | None = None,
+                   label: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The base model's samples for the preprocessed condition batch ``cond``, then the upsampler's from
+    them (when the run has one); returns ``(base, final)`` in [−1, 1] (``final is base`` without an
+    upsampler).
 
     ``callback`` receives ``{"event": "sample-step", "stage": "base" | "upsampler", "batch": label, ...}``
     after every sampler step. Shared by ``piti sample`` and ``piti eval``.

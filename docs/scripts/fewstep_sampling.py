@@ -13,9 +13,9 @@ Rows, in three phases:
    the run's ``sample.upsampler_start``; then base candidates DDPM "50", "35", "30" and "25", DPM-Solver++(2M) at
    10 / 15 / 20 / 25 steps, DDIM "ddim25" and SDE-DPM-Solver++(2M) at 6 / 8 / 10 / 15 / 20 steps, each
    with the baseline's upsampler;
-2. upsampler candidates (DPM-Solver++ / DDIM at about 5 and 10 evaluations after truncation, SDE-DPM-Solver++
-   at about 5) after the
-   base candidate with the fewest decoder rows that passed phase 1 (the lowest FID when none passed);
+2. upsampler candidates (DPM-Solver++ / DDIM at about 5 and 10 evaluations after truncation,
+   SDE-DPM-Solver++ at about 5) after the base candidate with the fewest decoder rows that passed
+   phase 1 (the lowest FID when none passed; ``--base`` names another);
    then the baseline at upsampler start 1.0 (official; information, never recommended), and that base
    candidate with upsamplers from pure noise (``PURE_NOISE_UPSAMPLERS``, role "pure-noise"), judged against
    the baseline at start 1.0 (the glide preset's start);
@@ -45,7 +45,7 @@ from pathlib import Path
 
 GLIDE_GFLOP = {"base": 230.4, "upsampler": 1272.0}  # per decoder row, `piti bench --preset glide` (performance.md)
 TOLERANCE = 0.05
-# upsampler candidates from pure noise (start 1.0), after phase 2's base: about 8, 10 and 15 evaluations
+# upsampler candidates from pure noise (start 1.0), after phase 2's base: fast27 and SDE at 8, 10, 15 steps
 PURE_NOISE_UPSAMPLERS = (("ddpm", "fast27"), ("dpmpp-sde", "8"), ("dpmpp-sde", "10"), ("dpmpp-sde", "15"))
 
 
@@ -223,6 +223,8 @@ def main(argv=None) -> None:
     forced = None
     if args.base:
         sampler, _, steps = args.base.partition(":")
+        if not sampler or not steps:
+            sys.exit(f"--base {args.base!r}: give SAMPLER:STEPS, e.g. dpmpp-sde:10")
         forced = setting(sampler, steps, start=start)
         phase1 = [s for s in phase1 if s != forced] + [forced]
     for s in phase1:
