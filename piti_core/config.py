@@ -280,7 +280,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text": dict(layers=2, heads=4, context_length=128),
         # the tiny upsampler ignores its low-res input at high noise (colours drift): start it at 0.4·T
         # and from there SDE-DPM-Solver++ "12" (5 steps below 0.4·T) matches fast27 (docs/performance.md)
-        "sample": dict(upsampler_start=0.4, upsampler_sampler="dpmpp-sde", upsampler_steps="12"),
+        # guidance 3 instead of the official 1.3: on the toy world it raised the tiny models' alignment
+        # (sketch edge F1 0.555 -> 0.678, mask mIoU 0.246 -> 0.361) and lowered FID (docs/guidance.md)
+        "sample": dict(upsampler_start=0.4, upsampler_sampler="dpmpp-sde", upsampler_steps="12",
+                       guidance_scale=3.0),
         "train": dict(batch_size=8, lr=1e-3, cont_lr=5e-4, decoder_lr=3e-4, upsampler_lr=1e-4, pretrain_lr=3e-4,
                       ema_rate=0.999, stage1_steps=300,
                       stage1_cont_steps=100, stage2_steps=300, upsampler_steps=300, pretrain_steps=2000,
