@@ -259,12 +259,14 @@ def recipe_cost(cfg, recipe: dict, base_guided_s: float, base_plain_s: float, up
 # ------------------------------------------------------------------------------------------ the run
 def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2, warmup: int = 1,
                 cond_channels: int = 3, variants: Optional[list[str]] = None, sample: bool = True,
-                seed: int = 0, callback: Optional[Callable[[dict], None]] = None,
+                train: bool = True, seed: int = 0, callback: Optional[Callable[[dict], None]] = None,
                 partial: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
     """All variants in one run; returns a dict (``piti bench --compare --json`` prints it).
 
     ``partial`` is called with the result so far after every variant (``--json-file`` writes it), so a
-    long run that is stopped keeps what it measured."""
+    long run that is stopped keeps what it measured. ``train=False`` skips the training steps: the
+    variants then only pick the sampling variants (e.g. a GPU lease that times compiled sampling before
+    the minutes-long compile of a training step)."""
     import torch
 
     from piti_core.bench import cpu_info
@@ -273,6 +275,8 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
         raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
     if steps < 1 or batch_size < 1 or warmup < 0:
         raise UsageError("steps and batch size must be at least 1, warmup at least 0")
+    if not (train or sample):
+        raise UsageError("--no-train and --no-sample together leave nothing to time; drop one")
     dev = torch.device(device)
     notify = callback or (lambda info: None)
     partial = partial or (lambda result: None)
@@ -308,7 +312,7 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
     calibrate()
     flops = {}
     # stage 1 before stage 2: the smaller footprint is measured before the process has grown
-    order = sorted(chosen, key=lambda v: 0 if v == "stage1" else 1)
+    order = sorted(chosen, key=lambda v: 0 if v == "stage1" else 1) if train else []
     for variant in order:
         notify({"phase": f"train {variant}"})
         calibrate()

@@ -46,6 +46,18 @@ def test_compare_text_and_bad_variant():
     assert alone.exit_code == 2 and "--compare" in alone.output
 
 
+def test_no_train_times_sampling_only():
+    runner = CliRunner()
+    result = runner.invoke(cli, ["bench", "--compare", "--preset", "tiny", *SMALL, "--steps", "1", "--warmup", "0",
+                                 "--variants", "stage2", "--no-train", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["train"] == {} and set(data["sample"]) == {"base-eager", "upsampler-eager"}
+    assert data["recipes"]["default_vs_official"] > 0
+    neither = runner.invoke(cli, ["bench", "--compare", "--preset", "tiny", "--no-train", "--no-sample"])
+    assert neither.exit_code == 2 and "nothing to time" in neither.output and "Traceback" not in neither.output
+
+
 def test_recipe_steps_follow_the_sampling_settings():
     cfg = resolve_config(preset="tiny", overrides=["sample.steps=20", "sample.upsampler_start=0.4"])
     steps = recipe_steps(cfg, preset_recipe(cfg))

@@ -35,13 +35,15 @@ def _fmt_bytes(n) -> str:
               help="With --compare: comma-separated training variants (stage2,stage1,checkpointing,bf16,compiled,"
                    "compiled-bf16; default: those that run natively here).")
 @click.option("--no-sample", is_flag=True, help="With --compare: skip the sampling and recipe part.")
+@click.option("--no-train", is_flag=True,
+              help="With --compare: skip the training steps; --variants then picks the sampling variants only.")
 @click.option("--json-file", type=click.Path(dir_okay=False), default=None,
               help="With --compare: write the result as JSON to this file, rewritten after every variant, so a "
                    "run that is stopped keeps what it measured.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --json-file.")
 @config_options
 def command(device, dtype, batch_size, steps, warmup, which, cond_channels, threads, as_json, compare, variants,
-            no_sample, json_file, overwrite, config) -> None:
+            no_sample, no_train, json_file, overwrite, config) -> None:
     """Measure images/s of a training step (forward+backward), model evaluations/s when sampling,
     peak memory, and the achieved FLOP rate relative to a 2048×2048 matmul on the same device
     (smaller where that would take more than 5 s, e.g. bf16 on a CPU without native bf16).
@@ -71,7 +73,7 @@ def command(device, dtype, batch_size, steps, warmup, which, cond_channels, thre
             def write(result):
                 atomic_write_text(Path(json_file), json.dumps(result, indent=2) + "\n")
         result = run_compare(config, device=device, batch_size=batch_size, steps=steps, warmup=warmup,
-                             cond_channels=cond_channels, variants=chosen, sample=not no_sample,
+                             cond_channels=cond_channels, variants=chosen, sample=not no_sample, train=not no_train,
                              callback=lambda info: status(f"bench: {info['phase']}"), partial=write)
         if write:
             write(result)
@@ -80,8 +82,8 @@ def command(device, dtype, batch_size, steps, warmup, which, cond_channels, thre
         else:
             print_compare(result)
         return
-    if variants or no_sample or json_file:
-        raise click.UsageError("--variants, --no-sample and --json-file go with --compare")
+    if variants or no_sample or no_train or json_file:
+        raise click.UsageError("--variants, --no-sample, --no-train and --json-file go with --compare")
     models = ("base", "upsampler") if which == "both" else (which,)
 
     def callback(info):

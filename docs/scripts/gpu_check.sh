@@ -7,8 +7,9 @@
 #   DEVICE=cpu PRESET=tiny BATCH=2 bash docs/scripts/gpu_check.sh   # rehearsal on the CPU
 #
 # Parts (PARTS="eager compiled large preflight train sample" by default): eager = bench --compare
-# stage2/stage1/checkpointing/bf16 + sampling; compiled = bench --compare with torch.compile in bf16 (the
-# GPU configuration) against eager bf16; large = stage2 vs bf16 at LARGE_BATCH; preflight = the memory
+# stage2/stage1/checkpointing/bf16 + sampling; sample-compiled = sampling steps only (--no-train), eager
+# fp32 / bf16 against compiled bf16 (CUDA graphs); compiled = bench --compare with torch.compile in bf16
+# (the GPU configuration) against eager bf16 (training steps, and sampling unless sample-compiled ran); large = stage2 vs bf16 at LARGE_BATCH; preflight = the memory
 # preflight against the measured CUDA allocator peak; train + sample = a short `piti train` on the toy
 # world and `piti sample --compile`.
 # BUNDLE=FILE.tar.gz also packs $OUT into one archive after every part.
@@ -21,6 +22,7 @@ STEPS=${STEPS:-10}
 WARMUP=${WARMUP:-3}
 T_EAGER=${T_EAGER:-110}
 T_COMPILE=${T_COMPILE:-200}
+T_SAMPLE_COMPILE=${T_SAMPLE_COMPILE:-220}
 T_PREFLIGHT=${T_PREFLIGHT:-60}
 T_TRAIN=${T_TRAIN:-110}
 T_SAMPLE=${T_SAMPLE:-90}
@@ -58,8 +60,13 @@ part eager "$T_EAGER" "$PY" -m piti_cli.main bench --compare --device "$DEVICE" 
   --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --variants stage2,stage1,checkpointing,bf16 \
   --json-file "$OUT/compare-eager.json" --overwrite
 
+part sample-compiled "$T_SAMPLE_COMPILE" "$PY" -m piti_cli.main bench --compare --device "$DEVICE" \
+  --preset "$PRESET" --steps "$STEPS" --warmup "$WARMUP" --variants bf16,compiled-bf16 --no-train \
+  --json-file "$OUT/compare-sample-compiled.json" --overwrite
+
+case " $PARTS " in *" sample-compiled "*) NO_SAMPLE=--no-sample ;; *) NO_SAMPLE= ;; esac
 part compiled "$T_COMPILE" "$PY" -m piti_cli.main bench --compare --device "$DEVICE" --preset "$PRESET" \
-  --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --variants bf16,compiled-bf16 \
+  --batch-size "$BATCH" --steps "$STEPS" --warmup "$WARMUP" --variants bf16,compiled-bf16 $NO_SAMPLE \
   --json-file "$OUT/compare-compiled.json" --overwrite
 
 part large "$T_LARGE" "$PY" -m piti_cli.main bench --compare --device "$DEVICE" --preset "$PRESET" \
