@@ -385,6 +385,9 @@ def checks(result: dict) -> list[dict[str, Any]]:
         add("stage 2 fraction of the fp32 matmul rate", train["stage2"]["fraction_of_matmul"], ">=", 0.8)
     if "stage2" in train and "bf16" in train:
         add("bf16 throughput vs fp32", train["stage2"]["step_s"] / train["bf16"]["step_s"], ">=", 1.7)
+    if "stage2" in train and "compiled-bf16" in train:  # the GPU configuration (piti train --compile, auto)
+        add("compiled bf16 throughput vs eager fp32", train["stage2"]["step_s"] / train["compiled-bf16"]["step_s"],
+            ">=", 1.7)
     if "stage1" in train:
         add("stage 1 step time vs stage 2", train["stage1"].get("time_vs_stage2"), "<=", 0.7)
         add("stage 1 peak memory vs stage 2", train["stage1"].get("memory_vs_stage2"), "<=", 0.6)

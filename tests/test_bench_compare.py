@@ -100,6 +100,19 @@ def test_compiled_bf16_variant_dtype_and_defaults():
     assert ("compiled-bf16" in chosen) == ("bf16" in chosen and "compiled" in chosen)
 
 
+def test_checks_compare_bf16_and_compiled_bf16_with_fp32():
+    from piti_core.bench_compare import checks
+
+    train = {"stage2": {"step_s": 0.34, "fraction_of_matmul": 1.38}, "bf16": {"step_s": 0.226},
+             "compiled-bf16": {"step_s": 0.182}}
+    found = {c["name"]: c for c in checks({"train": train})}
+    assert not found["bf16 throughput vs fp32"]["ok"] and abs(found["bf16 throughput vs fp32"]["value"] - 1.504) < 1e-3
+    compiled = found["compiled bf16 throughput vs eager fp32"]
+    assert compiled["ok"] and abs(compiled["value"] - 0.34 / 0.182) < 1e-12
+    assert "compiled bf16 throughput vs eager fp32" not in {c["name"] for c in checks({"train": {"stage2": train[
+        "stage2"], "bf16": train["bf16"]}})}
+
+
 def test_recipe_cost_counts_guided_steps_inside_the_interval_only():
     from piti_core.bench_compare import recipe_cost
     from piti_core.diffusion import build_schedule
