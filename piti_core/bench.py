@@ -20,6 +20,7 @@ import time
 from typing import Any, Callable, Optional
 
 from piti_core.errors import UsageError
+from piti_core.host_memory import keep_freed_memory
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 
@@ -303,11 +304,14 @@ def run_bench(cfg, *, models=("base", "upsampler"), device: str = "cpu", dtype: 
         raise UsageError("steps and batch size must be at least 1, warmup at least 0")
     dev = torch.device(device)
     dtype = _dtype_name(requested, dev)
+    if dev.type == "cpu":  # as piti train / sample run: freed memory kept between steps
+        keep_freed_memory()
     notify = callback or (lambda info: None)
     notify({"model": "matmul", "phase": "calibrate"})
     rate, matmul_size = matmul_rate(dev, dtype)
     result: dict[str, Any] = {
         "preset": cfg.preset, "device": dev.type, "dtype": dtype, "dtype_requested": requested,
+        "keep_freed_memory": dev.type == "cpu" and keep_freed_memory(),
         "batch_size": batch_size, "steps": steps,
         "warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "matmul_flops_per_s": rate, "matmul_size": matmul_size, "models": {},

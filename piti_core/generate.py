@@ -16,6 +16,7 @@ import attrs
 import torch
 
 from piti_core.errors import DataError, UsageError
+from piti_core.host_memory import keep_freed_memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 
@@ -57,6 +58,8 @@ def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False
                          f"{verb} a run made by `piti train` or `piti convert`")
     device = torch.device(device)
     compute = resolve_dtype(dtype, device)
+    if device.type == "cpu":  # reuse each step's freed memory (no page faults, piti_core.host_memory)
+        keep_freed_memory()
     run = load_run(run_dir, names=names, device=device, extra_sections=host.task_sections())
     for model in run.models.values():
         cast_for_inference(model, compute)

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from piti_core.errors import DataError, TrainingError
+from piti_core.host_memory import keep_freed_memory
 from piti_core.precision import autocast
 from piti_core.train.checkpoint import flatten_optimizer, rng_state, unflatten_optimizer
 from piti_core.train.ema import EMA
@@ -159,6 +160,8 @@ class Trainer:
         self.frozen = tuple(frozen) if not tcfg.frozen_dropout else ()
         self.net = ddp_model or model  # what the loss function calls (DDP wrapper when distributed)
         self.device, self.dtype, self.stage_index, self.rank = torch.device(device), dtype, stage_index, rank
+        if self.device.type == "cpu":  # reuse each step's freed memory (no page faults, piti_core.host_memory)
+            keep_freed_memory()
         self.aux = dict(aux or {})
         self.named = {k: p for _, params, _ in groups for k, p in params}
         self.opt = torch.optim.AdamW(
