@@ -304,14 +304,13 @@ def run_bench(cfg, *, models=("base", "upsampler"), device: str = "cpu", dtype: 
         raise UsageError("steps and batch size must be at least 1, warmup at least 0")
     dev = torch.device(device)
     dtype = _dtype_name(requested, dev)
-    if dev.type == "cpu":  # as piti train / sample run: freed memory kept between steps
-        keep_freed_memory()
+    tuned_malloc = dev.type == "cpu" and keep_freed_memory()  # as piti train / sample run on the CPU
     notify = callback or (lambda info: None)
     notify({"model": "matmul", "phase": "calibrate"})
     rate, matmul_size = matmul_rate(dev, dtype)
     result: dict[str, Any] = {
         "preset": cfg.preset, "device": dev.type, "dtype": dtype, "dtype_requested": requested,
-        "keep_freed_memory": dev.type == "cpu" and keep_freed_memory(),
+        "keep_freed_memory": tuned_malloc,
         "batch_size": batch_size, "steps": steps,
         "warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__,
         "matmul_flops_per_s": rate, "matmul_size": matmul_size, "models": {},

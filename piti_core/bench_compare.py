@@ -279,8 +279,7 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
     if not (train or sample):
         raise UsageError("--no-train and --no-sample together leave nothing to time; drop one")
     dev = torch.device(device)
-    if dev.type == "cpu":  # as piti train / sample run: freed memory kept between steps
-        keep_freed_memory()
+    tuned_malloc = dev.type == "cpu" and keep_freed_memory()  # as piti train / sample run on the CPU
     notify = callback or (lambda info: None)
     partial = partial or (lambda result: None)
     chosen, skipped = default_variants(dev)
@@ -298,7 +297,7 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
     result: dict[str, Any] = {
         "format": "piti-bench-compare/1", "preset": cfg.preset, "device": dev.type, "batch_size": batch_size,
         "steps": steps, "warmup": warmup, "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "keep_freed_memory": dev.type == "cpu" and keep_freed_memory(),
+        "keep_freed_memory": tuned_malloc,
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_info()["cpu"],
         "matmul": {}, "train": {}, "sample": {}, "skipped": skipped,
     }

@@ -53,6 +53,9 @@ def test_no_train_times_sampling_only():
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["train"] == {} and set(data["sample"]) == {"base-eager", "upsampler-eager"}
+    from piti_core.host_memory import keep_freed_memory
+
+    assert data["keep_freed_memory"] is keep_freed_memory()  # the bench runs as piti train does on the CPU
     assert data["recipes"]["default_vs_official"] > 0
     neither = runner.invoke(cli, ["bench", "--compare", "--preset", "tiny", "--no-train", "--no-sample"])
     assert neither.exit_code == 2 and "nothing to time" in neither.output and "Traceback" not in neither.output

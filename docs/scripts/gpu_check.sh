@@ -6,12 +6,13 @@
 #   OUT=/tmp/gpu bash docs/scripts/gpu_check.sh            # on a CUDA machine, from the repository root
 #   DEVICE=cpu PRESET=tiny BATCH=2 bash docs/scripts/gpu_check.sh   # rehearsal on the CPU
 #
-# Parts (PARTS="eager compiled large preflight train sample" by default): eager = bench --compare
-# stage2/stage1/checkpointing/bf16 + sampling; sample-compiled = sampling steps only (--no-train), eager
-# fp32 / bf16 against compiled bf16 (CUDA graphs); compiled = bench --compare with torch.compile in bf16
-# (the GPU configuration) against eager bf16 (training steps, and sampling unless sample-compiled ran); large = stage2 vs bf16 at LARGE_BATCH; preflight = the memory
-# preflight against the measured CUDA allocator peak; train + sample = a short `piti train` on the toy
-# world and `piti sample --compile`.
+# Parts (PARTS="eager compiled large preflight train sample" by default; sample-compiled when named):
+# eager = bench --compare stage2/stage1/checkpointing/bf16 + sampling; sample-compiled = sampling steps
+# only (--no-train), eager fp32 / bf16 against compiled bf16 (CUDA graphs); compiled = bench --compare
+# with torch.compile in bf16 (the GPU configuration) against eager bf16 (training steps, and sampling
+# unless sample-compiled ran); large = stage2 vs bf16 at LARGE_BATCH; preflight = the memory preflight
+# against the measured CUDA allocator peak; train + sample = a short `piti train` on the toy world and
+# `piti sample --compile`.
 # BUNDLE=FILE.tar.gz also packs $OUT into one archive after every part.
 set -u
 OUT=${OUT:-gpu-out}
