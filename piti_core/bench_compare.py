@@ -14,8 +14,9 @@ One process, one matmul calibration, then for the base model of the preset (rand
 
 Each variant is a ratio to its reference (stage 2 eager fp32; eager fp32 sampling) and a fraction of
 the matmul rate measured in the same run and dtype: a square matmul is timed before every variant and
-at the end, and the median is used, so a shared machine's load swings move both sides alike. Variants that cannot run here (bf16 on a CPU
-without AVX512-BF16/AMX, compile without a C++ compiler) are listed under ``skipped`` with the reason.
+at the end, and the median is used, so a shared machine's load swings move both sides alike. Variants
+that cannot run here (bf16 on a CPU without AVX512-BF16/AMX, compile without a C++ compiler) are listed
+under ``skipped`` with the reason.
 Peak memory is the CUDA allocator peak, or on CPU the process's peak RSS during the timed steps.
 """
 

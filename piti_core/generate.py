@@ -103,12 +103,13 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
         for i in range(cond.shape[0]):
             stem = stems[start + i]
             vis = task.visualize(cond[i].float().cpu(), cfg)
+            image, base_image = ((t[i].float().cpu() + 1) / 2 for t in (final, base))
             files = {"image": out_dir / f"{stem}.png", "base": out_dir / f"{stem}_base.png",
                      "condition": out_dir / f"{stem}_condition.png"}
-            save_png(files["image"], (final[i].float().cpu() + 1) / 2)
-            save_png(files["base"], (base[i].float().cpu() + 1) / 2)
+            save_png(files["image"], image)
+            save_png(files["base"], base_image)
             save_png(files["condition"], vis)
-            rows.append([vis, (base[i].float().cpu() + 1) / 2, (final[i].float().cpu() + 1) / 2])
+            rows.append([vis, base_image, image])
             written.append({"input": str(inputs[start + i]), **{k: str(v) for k, v in files.items()}})
     save_grid(out_dir / "grid.png", rows)
     record = {"run": str(Path(run_dir)), "task": task.name, "models": names,

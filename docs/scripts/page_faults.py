@@ -50,8 +50,8 @@ def child(preset: str, steps: int, batch_size: int) -> None:
         trainer.train_step()
         dt, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_SELF)
         times.append(dt)
-        print(f"  step {dt:.3f} s  minor faults {r1.ru_minflt - r0.ru_minflt}  kernel {r1.ru_stime - r0.ru_stime:.2f} s",
-              flush=True)
+        faults, kernel = r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime
+        print(f"  step {dt:.3f} s  minor faults {faults}  kernel {kernel:.2f} s", flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(f"  tuned {keep_freed_memory()}  median step {sorted(times)[len(times) // 2]:.3f} s  peak RSS {rss:.2f} GB")
 
