@@ -1,11 +1,14 @@
-"""A/B of the unfold + matmul path for 3×3 convs on small feature maps (``layers.Conv2d``), in one process.
+"""A/B of one of ``layers.Conv2d``'s CPU paths for 3×3 convs, in one process.
 
     python docs/scripts/small_conv_ab.py --preset glide --batch-size 1 --reps 6
+    python docs/scripts/small_conv_ab.py --path shift --preset glide --batch-size 1 --reps 6
 
 Alternates, in a rotating order, the base model's full stage-2 training step (objective, AdamW, EMA:
-what ``piti bench --compare`` times) and one guided sampling step (2 rows) with the unfold path off
-(``UNFOLD_MAX_PIXELS=0``: every conv is ``F.conv2d``) and on (the default), and prints the median seconds
-of each and their ratio. Alternating inside one process keeps a shared machine's swings on both sides.
+what ``piti bench --compare`` times) and one guided sampling step (2 rows) with the path off and on
+(the default), and prints the median seconds of each and their ratio. ``--path unfold`` (default): the
+unfold + matmul convolution of small maps, off = ``UNFOLD_MAX_PIXELS=0``. ``--path shift``: the
+nine-matmul weight gradient, off = ``SHIFT_GRAD_MAX_PIXELS=0`` (training only, so the sampling step is
+the control). Alternating inside one process keeps a shared machine's swings on both sides.
 """
 
 import argparse
@@ -30,10 +33,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--reps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--path", choices=("unfold", "shift"), default="unfold")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    default = layers.UNFOLD_MAX_PIXELS
+    switch = {"unfold": "UNFOLD_MAX_PIXELS", "shift": "SHIFT_GRAD_MAX_PIXELS"}[args.path]
+    default = getattr(layers, switch)
     cfg = resolve_config(preset=args.preset)
     stage = _stage(cfg, "stage2")
     torch.manual_seed(0)
@@ -60,16 +65,17 @@ def main() -> None:
     settings = [0, default]
     for rep in range(args.reps):
         for limit in (settings if rep % 2 == 0 else settings[::-1]):
-            layers.UNFOLD_MAX_PIXELS = limit
+            setattr(layers, switch, limit)
             for name, fn in (("train", trainer.train_step), ("sample", sample_step)):
                 start = time.perf_counter()
                 fn()
                 times.setdefault((name, limit), []).append(time.perf_counter() - start)
-    layers.UNFOLD_MAX_PIXELS = default
-    print(f"{args.preset} batch {args.batch_size}, {torch.get_num_threads()} threads, {args.reps} alternations")
+    setattr(layers, switch, default)
+    print(f"{args.preset} batch {args.batch_size}, {torch.get_num_threads()} threads, {args.reps} alternations, "
+          f"path {args.path}")
     for name in ("train", "sample"):
         off, on = (sorted(times[(name, x)])[args.reps // 2] for x in settings)
-        print(f"{name:<7} conv2d everywhere {off:8.3f} s   unfold <= {default} px {on:8.3f} s   "
+        print(f"{name:<7} {args.path} off {off:8.3f} s   {args.path} <= {default} px {on:8.3f} s   "
               f"ratio {on / off:.3f}")
 
 

@@ -31,6 +31,8 @@ class GroupNorm32(nn.GroupNorm):
 
 UNFOLD_MAX_PIXELS = 64  # batch × height × width: one 8×8 map
 UNFOLD_MIN_CHANNELS = 512
+SHIFT_GRAD_MAX_PIXELS = 4096  # batch × height × width: one 64×64 map (0 turns the path off)
+SHIFT_GRAD_MIN_CHANNELS = 192  # in and out
 
 
 class Conv2d(nn.Conv2d):
@@ -45,6 +47,11 @@ class Conv2d(nn.Conv2d):
     the same work is about 4× faster, and autograd's backward is two more matmuls and a fold. With
     larger batches or fewer channels oneDNN was as fast or faster (measured), so everywhere else (and on
     CUDA, and under torch.compile) it is ``F.conv2d``.
+
+    In training, the other 3×3 stride-1 convs of at most :data:`SHIFT_GRAD_MAX_PIXELS` (batch × height ×
+    width) with at least :data:`SHIFT_GRAD_MIN_CHANNELS` channels in and out run forward and input
+    gradient through oneDNN but compute the weight gradient as nine matmuls (:func:`conv3x3_weight_grad`):
+    oneDNN's weight gradient swung between 52 and 120 GFLOP/s at these sizes, the matmuls held 86–130.
     """
 
     def __init__(self, *args, **kwargs):
@@ -59,6 +66,12 @@ class Conv2d(nn.Conv2d):
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32
                 and not torch.compiler.is_compiling()):
             return conv3x3_unfold(x, self.weight, self.bias)
+        if (self._unfoldable and self.weight.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
+                and min(self.in_channels, self.out_channels) >= SHIFT_GRAD_MIN_CHANNELS and x.dim() == 4
+                and x.shape[0] * x.shape[-1] * x.shape[-2] <= SHIFT_GRAD_MAX_PIXELS
+                and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and not torch.compiler.is_compiling()):
+            return _Conv3x3ShiftGrad.apply(x, self.weight, self.bias)
         return super().forward(x)
 
 
@@ -70,6 +83,66 @@ def conv3x3_unfold(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if bias is not None:
         out = out + bias[:, None]
     return out.view(n, weight.shape[0], h, w)
+
+
+class _Conv3x3ShiftGrad(torch.autograd.Function):
+    """``F.conv2d`` (3×3, stride 1, padding 1) whose weight gradient is :func:`conv3x3_weight_grad`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = conv3x3_weight_grad(x, grad_out)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b
+
+
+def conv3x3_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
+    """The weight gradient (O, C, 3, 3) of a 3×3, stride-1, padding-1 convolution, as nine matmuls.
+
+    ``x`` (N, C, H, W) is copied once onto a zero-padded grid of (H+2)·(W+2) positions (plus room for the
+    largest shift), and ``grad_out`` onto the same grid. Kernel tap (i, j) then reads the positions of
+    ``x`` shifted by ``i·(W+2) + j``: a strided view, no im2col copy. ``grad_out`` is zero on the
+    padding, so a shift never mixes rows or images. One image keeps the channels-first layout (the
+    matmul reads ``x`` transposed); a batch is laid out channels-last so each tap is one matmul.
+    """
+    n, c, h, w = x.shape
+    o = grad_out.shape[1]
+    hp, wp = h + 2, w + 2
+    grid = n * hp * wp
+    taps = grad_out.new_empty(9, o, c)
+    if n == 1:
+        xp = x.new_zeros(c, grid + 2 * wp + 2)
+        xp[:, :grid].view(c, hp, wp)[:, 1:h + 1, 1:w + 1].copy_(x[0])
+        gp = grad_out.new_zeros(o, hp, wp)
+        gp[:, :h, :w].copy_(grad_out[0])
+        g = gp.view(o, grid)
+        for k in range(9):
+            shift = (k // 3) * wp + k % 3
+            torch.mm(g, xp[:, shift:shift + grid].t(), out=taps[k])
+    else:
+        xp = x.new_zeros(grid + 2 * wp + 2, c)
+        xp[:grid].view(n, hp, wp, c)[:, 1:h + 1, 1:w + 1].copy_(x.permute(0, 2, 3, 1))
+        gp = grad_out.new_zeros(n, hp, wp, o)
+        gp[:, :h, :w].copy_(grad_out.permute(0, 2, 3, 1))
+        g = gp.view(grid, o).t()
+        for k in range(9):
+            shift = (k // 3) * wp + k % 3
+            torch.mm(g, xp[shift:shift + grid], out=taps[k])
+    return taps.permute(1, 2, 0).reshape(o, c, 3, 3)
 
 
 class LayerNorm32(nn.LayerNorm):

@@ -1,4 +1,4 @@
-"""The unfold + matmul path of ``layers.Conv2d`` for small feature maps on the CPU."""
+"""The CPU paths of ``layers.Conv2d``: unfold + matmul for small feature maps, the nine-matmul weight gradient."""
 
 import pytest
 import torch
@@ -42,3 +42,56 @@ def test_large_maps_batches_narrow_convs_strides_and_bf16_use_conv2d(monkeypatch
 
 def test_state_dict_keys_are_conv2d_keys():
     assert set(Conv2d(3, 5, 3, padding=1).state_dict()) == set(torch.nn.Conv2d(3, 5, 3, padding=1).state_dict())
+
+
+@pytest.mark.parametrize("batch,h,w,cin,cout", [(1, 8, 8, 5, 7), (2, 6, 9, 3, 4), (3, 1, 1, 2, 2), (1, 12, 5, 8, 1)])
+def test_shift_weight_grad_matches_autograd(batch, h, w, cin, cout):
+    torch.manual_seed(0)
+    x = torch.randn(batch, cin, h, w)
+    weight = torch.randn(cout, cin, 3, 3, requires_grad=True)
+    grad_out = torch.randn(batch, cout, h, w)
+    (ref,) = torch.autograd.grad(F.conv2d(x, weight, padding=1), weight, grad_out)
+    torch.testing.assert_close(layers.conv3x3_weight_grad(x, grad_out), ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bias,input_grad", [(True, True), (False, True), (True, False)])
+def test_training_convs_take_the_shift_weight_grad(bias, input_grad, monkeypatch):
+    monkeypatch.setattr(layers, "SHIFT_GRAD_MIN_CHANNELS", 4)
+    calls = []
+    real = layers.conv3x3_weight_grad
+    monkeypatch.setattr(layers, "conv3x3_weight_grad", lambda *a: calls.append(1) or real(*a))
+    torch.manual_seed(0)
+    conv = Conv2d(6, 5, 3, padding=1, bias=bias)
+    x = torch.randn(2, 6, 7, 9, requires_grad=input_grad)
+    y = conv(x)
+    ref_x = x.detach().clone().requires_grad_(input_grad)
+    ref = F.conv2d(ref_x, conv.weight, conv.bias, padding=1)
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(y)
+    wanted = [t for t in (x, conv.weight, conv.bias) if t is not None and t.requires_grad]
+    ref_wanted = [t for t in (ref_x, conv.weight, conv.bias) if t is not None and t.requires_grad]
+    got = torch.autograd.grad(y, wanted, g)
+    assert calls == [1], "a training conv within the limits computes its weight gradient as nine matmuls"
+    for a, b in zip(got, torch.autograd.grad(ref, ref_wanted, g)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_shift_weight_grad_only_where_it_measured_faster(monkeypatch):
+    monkeypatch.setattr(layers, "SHIFT_GRAD_MIN_CHANNELS", 4)
+    monkeypatch.setattr(layers, "SHIFT_GRAD_MAX_PIXELS", 64)
+    monkeypatch.setattr(layers, "_Conv3x3ShiftGrad", None)  # any use of the path fails
+
+    def run(conv, x):
+        conv(x).sum().backward()
+
+    conv = Conv2d(4, 4, 3, padding=1)
+    run(conv, torch.randn(1, 4, 9, 8))  # 72 pixels > the limit
+    run(Conv2d(3, 4, 3, padding=1), torch.randn(1, 3, 8, 8))  # too few input channels
+    run(Conv2d(4, 3, 3, padding=1), torch.randn(1, 4, 8, 8))  # too few output channels
+    run(Conv2d(4, 4, 3, stride=2, padding=1), torch.randn(1, 4, 8, 8))
+    with torch.no_grad():
+        conv(torch.randn(1, 4, 8, 8))  # sampling
+    conv.requires_grad_(False)
+    conv(torch.randn(1, 4, 8, 8, requires_grad=True)).sum().backward()  # a frozen decoder (stage 1)
+    bf16 = Conv2d(4, 4, 3, padding=1).to(torch.bfloat16)
+    run(bf16, torch.randn(1, 4, 8, 8, dtype=torch.bfloat16))
