@@ -7,7 +7,7 @@ Alternates, in a rotating order, the base model's full stage-2 training step (ob
 what ``piti bench --compare`` times) and one guided sampling step (2 rows) with the path off and on
 (the default), and prints the median seconds of each and their ratio. ``--path unfold`` (default): the
 unfold + matmul convolution of small maps, off = ``UNFOLD_MAX_PIXELS=0``. ``--path shift``: the
-nine-matmul weight gradient, off = ``SHIFT_GRAD_MAX_PIXELS=0`` (training only, so the sampling step is
+nine-matmul weight gradient, off = ``SHIFT_GRAD=False`` (training only, so the sampling step is
 the control). Alternating inside one process keeps a shared machine's swings on both sides.
 """
 
@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    switch = {"unfold": "UNFOLD_MAX_PIXELS", "shift": "SHIFT_GRAD_MAX_PIXELS"}[args.path]
+    switch = {"unfold": "UNFOLD_MAX_PIXELS", "shift": "SHIFT_GRAD"}[args.path]
     default = getattr(layers, switch)
     cfg = resolve_config(preset=args.preset)
     stage = _stage(cfg, "stage2")
@@ -62,7 +62,7 @@ def main() -> None:
     trainer.train_step()
     sample_step()  # warm-up of both paths' first allocations
     times: dict[tuple[str, int], list[float]] = {}
-    settings = [0, default]
+    settings = [type(default)(0), default]
     for rep in range(args.reps):
         for limit in (settings if rep % 2 == 0 else settings[::-1]):
             setattr(layers, switch, limit)
@@ -75,7 +75,7 @@ def main() -> None:
           f"path {args.path}")
     for name in ("train", "sample"):
         off, on = (sorted(times[(name, x)])[args.reps // 2] for x in settings)
-        print(f"{name:<7} {args.path} off {off:8.3f} s   {args.path} <= {default} px {on:8.3f} s   "
+        print(f"{name:<7} {args.path} off {off:8.3f} s   {args.path} on {on:8.3f} s   "
               f"ratio {on / off:.3f}")
 
 

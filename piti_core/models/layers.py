@@ -31,8 +31,10 @@ class GroupNorm32(nn.GroupNorm):
 
 UNFOLD_MAX_PIXELS = 64  # batch × height × width: one 8×8 map
 UNFOLD_MIN_CHANNELS = 512
-SHIFT_GRAD_MAX_PIXELS = 4096  # batch × height × width: one 64×64 map (0 turns the path off)
-SHIFT_GRAD_MIN_CHANNELS = 192  # in and out
+SHIFT_GRAD = True  # the nine-matmul weight gradient in CPU training (False: oneDNN's everywhere)
+SHIFT_GRAD_MIN_CHANNELS = 128  # in and out, one image
+SHIFT_GRAD_BATCH_MIN_CHANNELS = 192  # in and out, a batch of images ...
+SHIFT_GRAD_BATCH_MAX_PIXELS = 4096  # ... of at most this many pixels in all (batch × height × width)
 
 
 class Conv2d(nn.Conv2d):
@@ -48,10 +50,12 @@ class Conv2d(nn.Conv2d):
     larger batches or fewer channels oneDNN was as fast or faster (measured), so everywhere else (and on
     CUDA, and under torch.compile) it is ``F.conv2d``.
 
-    In training, the other 3×3 stride-1 convs of at most :data:`SHIFT_GRAD_MAX_PIXELS` (batch × height ×
-    width) with at least :data:`SHIFT_GRAD_MIN_CHANNELS` channels in and out run forward and input
-    gradient through oneDNN but compute the weight gradient as nine matmuls (:func:`conv3x3_weight_grad`):
-    oneDNN's weight gradient swung between 52 and 120 GFLOP/s at these sizes, the matmuls held 86–130.
+    In training on the CPU, the other 3×3 stride-1 convs run forward and input gradient through oneDNN
+    but compute the weight gradient as nine matmuls (:func:`conv3x3_weight_grad`), where that measured
+    faster: one image with at least :data:`SHIFT_GRAD_MIN_CHANNELS` channels in and out, or a batch of
+    at most :data:`SHIFT_GRAD_BATCH_MAX_PIXELS` pixels with at least
+    :data:`SHIFT_GRAD_BATCH_MIN_CHANNELS`. At the glide base's sizes oneDNN's weight gradient swung
+    between 52 and 120 GFLOP/s from run to run, the matmuls held 83–134.
     """
 
     def __init__(self, *args, **kwargs):
@@ -66,11 +70,11 @@ class Conv2d(nn.Conv2d):
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32
                 and not torch.compiler.is_compiling()):
             return conv3x3_unfold(x, self.weight, self.bias)
-        if (self._unfoldable and self.weight.requires_grad and torch.is_grad_enabled() and x.device.type == "cpu"
-                and min(self.in_channels, self.out_channels) >= SHIFT_GRAD_MIN_CHANNELS and x.dim() == 4
-                and x.shape[0] * x.shape[-1] * x.shape[-2] <= SHIFT_GRAD_MAX_PIXELS
-                and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                and not torch.compiler.is_compiling()):
+        if (SHIFT_GRAD and self._unfoldable and self.weight.requires_grad and torch.is_grad_enabled()
+                and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and not torch.compiler.is_compiling()
+                and _shift_grad_pays(x.shape[0] * x.shape[-1] * x.shape[-2], x.shape[0],
+                                     min(self.in_channels, self.out_channels))):
             return _Conv3x3ShiftGrad.apply(x, self.weight, self.bias)
         return super().forward(x)
 
@@ -83,6 +87,13 @@ def conv3x3_unfold(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if bias is not None:
         out = out + bias[:, None]
     return out.view(n, weight.shape[0], h, w)
+
+
+def _shift_grad_pays(pixels: int, batch: int, channels: int) -> bool:
+    """Where :func:`conv3x3_weight_grad` measured faster than oneDNN (docs/performance.md)."""
+    if batch == 1:
+        return channels >= SHIFT_GRAD_MIN_CHANNELS
+    return channels >= SHIFT_GRAD_BATCH_MIN_CHANNELS and pixels <= SHIFT_GRAD_BATCH_MAX_PIXELS
 
 
 class _Conv3x3ShiftGrad(torch.autograd.Function):

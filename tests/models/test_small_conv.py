@@ -54,15 +54,16 @@ def test_shift_weight_grad_matches_autograd(batch, h, w, cin, cout):
     torch.testing.assert_close(layers.conv3x3_weight_grad(x, grad_out), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("bias,input_grad", [(True, True), (False, True), (True, False)])
-def test_training_convs_take_the_shift_weight_grad(bias, input_grad, monkeypatch):
+@pytest.mark.parametrize("bias,input_grad,batch", [(True, True, 1), (False, True, 2), (True, False, 1)])
+def test_training_convs_take_the_shift_weight_grad(bias, input_grad, batch, monkeypatch):
     monkeypatch.setattr(layers, "SHIFT_GRAD_MIN_CHANNELS", 4)
+    monkeypatch.setattr(layers, "SHIFT_GRAD_BATCH_MIN_CHANNELS", 4)
     calls = []
     real = layers.conv3x3_weight_grad
     monkeypatch.setattr(layers, "conv3x3_weight_grad", lambda *a: calls.append(1) or real(*a))
     torch.manual_seed(0)
     conv = Conv2d(6, 5, 3, padding=1, bias=bias)
-    x = torch.randn(2, 6, 7, 9, requires_grad=input_grad)
+    x = torch.randn(batch, 6, 7, 9, requires_grad=input_grad)
     y = conv(x)
     ref_x = x.detach().clone().requires_grad_(input_grad)
     ref = F.conv2d(ref_x, conv.weight, conv.bias, padding=1)
@@ -78,17 +79,22 @@ def test_training_convs_take_the_shift_weight_grad(bias, input_grad, monkeypatch
 
 def test_shift_weight_grad_only_where_it_measured_faster(monkeypatch):
     monkeypatch.setattr(layers, "SHIFT_GRAD_MIN_CHANNELS", 4)
-    monkeypatch.setattr(layers, "SHIFT_GRAD_MAX_PIXELS", 64)
+    monkeypatch.setattr(layers, "SHIFT_GRAD_BATCH_MIN_CHANNELS", 6)
+    monkeypatch.setattr(layers, "SHIFT_GRAD_BATCH_MAX_PIXELS", 128)
     monkeypatch.setattr(layers, "_Conv3x3ShiftGrad", None)  # any use of the path fails
 
     def run(conv, x):
         conv(x).sum().backward()
 
     conv = Conv2d(4, 4, 3, padding=1)
-    run(conv, torch.randn(1, 4, 9, 8))  # 72 pixels > the limit
+    run(conv, torch.randn(2, 4, 8, 8))  # a batch: too few channels for one
+    run(Conv2d(6, 6, 3, padding=1), torch.randn(3, 6, 8, 8))  # a batch of 192 pixels > the limit
     run(Conv2d(3, 4, 3, padding=1), torch.randn(1, 3, 8, 8))  # too few input channels
     run(Conv2d(4, 3, 3, padding=1), torch.randn(1, 4, 8, 8))  # too few output channels
     run(Conv2d(4, 4, 3, stride=2, padding=1), torch.randn(1, 4, 8, 8))
+    monkeypatch.setattr(layers, "SHIFT_GRAD", False)
+    run(conv, torch.randn(1, 4, 8, 8))  # switched off
+    monkeypatch.setattr(layers, "SHIFT_GRAD", True)
     with torch.no_grad():
         conv(torch.randn(1, 4, 8, 8))  # sampling
     conv.requires_grad_(False)
