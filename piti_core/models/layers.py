@@ -124,11 +124,11 @@ class _Conv3x3ShiftGrad(torch.autograd.Function):
 def conv3x3_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor:
     """The weight gradient (O, C, 3, 3) of a 3×3, stride-1, padding-1 convolution, as nine matmuls.
 
-    ``x`` (N, C, H, W) is copied once onto a zero-padded grid of (H+2)·(W+2) positions (plus room for the
-    largest shift), and ``grad_out`` onto the same grid. Kernel tap (i, j) then reads the positions of
-    ``x`` shifted by ``i·(W+2) + j``: a strided view, no im2col copy. ``grad_out`` is zero on the
-    padding, so a shift never mixes rows or images. One image keeps the channels-first layout (the
-    matmul reads ``x`` transposed); a batch is laid out channels-last so each tap is one matmul.
+    ``x`` (N, C, H, W) is copied once onto a zero-padded grid of (H+2)·(W+2) positions, and ``grad_out``
+    onto the same grid. Kernel tap (i, j) then reads the positions of ``x`` shifted by ``i·(W+2) + j``:
+    a strided view, no im2col copy. ``grad_out`` is zero on the padding, so a shift never mixes rows or
+    images. One image keeps the channels-first layout (the matmul reads ``x`` transposed); a batch is
+    laid out channels-last (with room for the largest shift) so each tap is one matmul.
     """
     n, c, h, w = x.shape
     o = grad_out.shape[1]
@@ -136,14 +136,14 @@ def conv3x3_weight_grad(x: torch.Tensor, grad_out: torch.Tensor) -> torch.Tensor
     grid = n * hp * wp
     taps = grad_out.new_empty(9, o, c)
     if n == 1:
-        xp = x.new_zeros(c, grid + 2 * wp + 2)
-        xp[:, :grid].view(c, hp, wp)[:, 1:h + 1, 1:w + 1].copy_(x[0])
-        gp = grad_out.new_zeros(o, hp, wp)
-        gp[:, :h, :w].copy_(grad_out[0])
-        g = gp.view(o, grid)
+        # Positions past h·(W+2) − 2 are padding of grad_out, so each channel's shifted reads stay
+        # inside its own padded map and both copies are one F.pad each.
+        used = h * wp - 2
+        xp = F.pad(x[0], (1, 1, 1, 1)).reshape(c, grid)
+        g = F.pad(grad_out[0], (0, 2)).reshape(o, h * wp)[:, :used]
         for k in range(9):
             shift = (k // 3) * wp + k % 3
-            torch.mm(g, xp[:, shift:shift + grid].t(), out=taps[k])
+            torch.mm(g, xp[:, shift:shift + used].t(), out=taps[k])
     else:
         xp = x.new_zeros(grid + 2 * wp + 2, c)
         xp[:grid].view(n, hp, wp, c)[:, 1:h + 1, 1:w + 1].copy_(x.permute(0, 2, 3, 1))

@@ -44,10 +44,14 @@ def test_state_dict_keys_are_conv2d_keys():
     assert set(Conv2d(3, 5, 3, padding=1).state_dict()) == set(torch.nn.Conv2d(3, 5, 3, padding=1).state_dict())
 
 
-@pytest.mark.parametrize("batch,h,w,cin,cout", [(1, 8, 8, 5, 7), (2, 6, 9, 3, 4), (3, 1, 1, 2, 2), (1, 12, 5, 8, 1)])
-def test_shift_weight_grad_matches_autograd(batch, h, w, cin, cout):
+@pytest.mark.parametrize("batch,h,w,cin,cout", [(1, 8, 8, 5, 7), (2, 6, 9, 3, 4), (3, 1, 1, 2, 2), (1, 12, 5, 8, 1),
+                                                 (1, 1, 1, 2, 3), (1, 1, 6, 3, 2), (1, 5, 1, 2, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_shift_weight_grad_matches_autograd(batch, h, w, cin, cout, channels_last):
     torch.manual_seed(0)
     x = torch.randn(batch, cin, h, w)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
     weight = torch.randn(cout, cin, 3, 3, requires_grad=True)
     grad_out = torch.randn(batch, cout, h, w)
     (ref,) = torch.autograd.grad(F.conv2d(x, weight, padding=1), weight, grad_out)
