@@ -54,8 +54,8 @@ class Conv2d(nn.Conv2d):
     but compute the weight gradient as nine matmuls (:func:`conv3x3_weight_grad`), where that measured
     faster: one image with at least :data:`SHIFT_GRAD_MIN_CHANNELS` channels in and out, or a batch of
     at most :data:`SHIFT_GRAD_BATCH_MAX_PIXELS` pixels with at least
-    :data:`SHIFT_GRAD_BATCH_MIN_CHANNELS`. At the glide base's sizes oneDNN's weight gradient swung
-    between 52 and 120 GFLOP/s from run to run, the matmuls held 83–134.
+    :data:`SHIFT_GRAD_BATCH_MIN_CHANNELS`. At the glide base's sizes oneDNN's weight gradient ran at
+    52–128 GFLOP/s, varying from run to run, the matmuls at 79–149 (docs/performance.md).
     """
 
     def __init__(self, *args, **kwargs):
