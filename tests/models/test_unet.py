@@ -5,7 +5,7 @@ import torch
 
 from piti_core.config import resolve_config
 from piti_core.errors import DataError
-from piti_core.models import build_base, build_upsampler
+from piti_core.models import build_base, build_upsampler, layers
 from piti_core.models.layers import timestep_embedding
 
 
@@ -103,6 +103,29 @@ def test_checkpointing_and_channels_last_give_same_results(tiny):
     for name in ("ckpt", "cl"):
         torch.testing.assert_close(results[name][0], results["plain"][0], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(results[name][1], results["plain"][1], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_nine_matmul_weight_grads_give_the_same_gradients(tiny, checkpointing, monkeypatch):
+    """The CPU weight-gradient path of ``layers.Conv2d``, forced onto every 3×3 conv of a small UNet
+    (with and without checkpointing): the same loss and gradients as oneDNN's."""
+    cfg = resolve_config(preset="tiny", overrides=SMALL + [f"model.checkpointing={str(checkpointing).lower()}"])
+    x, t, cond = _batch(tiny)
+    calls = []
+    real = layers.conv3x3_weight_grad
+    monkeypatch.setattr(layers, "conv3x3_weight_grad", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(layers, "SHIFT_GRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(layers, "SHIFT_GRAD_BATCH_MIN_CHANNELS", 1)
+    results = {}
+    for on in (False, True):
+        monkeypatch.setattr(layers, "SHIFT_GRAD", on)
+        model = _randomize(build_base(cfg, 3)).train()
+        loss = model(x, t, cond).square().mean()
+        loss.backward()
+        results[on] = (loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert len(calls) > 5, "the path ran for the UNet's 3x3 convs"
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(results[True][1], results[False][1], atol=1e-6, rtol=1e-4)
 
 
 def test_bf16_autocast_runs_and_is_close(tiny):
