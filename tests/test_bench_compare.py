@@ -56,6 +56,7 @@ def test_no_train_times_sampling_only():
     from piti_core.host_memory import keep_freed_memory
 
     assert data["keep_freed_memory"] is keep_freed_memory()  # the bench runs as piti train does on the CPU
+    assert data["cpu_conv_paths"] == {"unfold_max_pixels": 64, "nine_matmul_weight_grad": True}
     assert data["recipes"]["default_vs_official"] > 0
     neither = runner.invoke(cli, ["bench", "--compare", "--preset", "tiny", "--no-train", "--no-sample"])
     assert neither.exit_code == 2 and "nothing to time" in neither.output and "Traceback" not in neither.output
