@@ -40,10 +40,13 @@ def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False
     Checks the sampler and guidance names and that the run has a base model (one line naming the run
     otherwise, ``verb`` saying what the caller does), loads the base and upsampler on ``device``,
     stores their conv/linear weights in the compute dtype once (bit-identical to autocast's per-step
-    cast, :func:`~piti_core.precision.cast_for_inference`) and compiles them with ``compile``.
+    cast, :func:`~piti_core.precision.cast_for_inference`), makes wide UNets channels-last on the CPU
+    (:func:`~piti_core.models.inference_layout.channels_last_for_cpu_sampling`) and compiles them with
+    ``compile``.
     Shared by ``piti sample`` and ``piti eval``.
     """
     from piti_core.diffusion import get_guidance, get_sampler
+    from piti_core.models.inference_layout import channels_last_for_cpu_sampling
     from piti_core.plugins import get_plugin_manager
     from piti_core.precision import cast_for_inference, resolve_dtype
     from piti_core.runs import load_run, read_run_meta
@@ -63,6 +66,7 @@ def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False
     run = load_run(run_dir, names=names, device=device, extra_sections=host.task_sections())
     for model in run.models.values():
         cast_for_inference(model, compute)
+        channels_last_for_cpu_sampling(model, device)
     if compile:
         from piti_core.compile import compile_model
 
