@@ -30,7 +30,6 @@ from typing import Any, Callable, Optional
 from piti_core.bench import PeakMemory, _sync, matmul_rate
 from piti_core.errors import UsageError
 from piti_core.host_memory import keep_freed_memory
-from piti_core.models import layers
 
 TRAIN_VARIANTS = ("stage2", "stage1", "checkpointing", "bf16", "compiled", "compiled-bf16")
 OFFICIAL_RECIPE = {"sampler": "ddpm", "steps": "250", "upsampler_sampler": "ddpm", "upsampler_steps": "fast27",
@@ -306,6 +305,8 @@ def run_compare(cfg, *, device: str = "cpu", batch_size: int = 1, steps: int = 2
         "matmul": {}, "train": {}, "sample": {}, "skipped": skipped,
     }
     if dev.type == "cpu":  # piti's own CPU convolution paths (layers.Conv2d), so runs can be told apart
+        from piti_core.models import layers
+
         result["cpu_conv_paths"] = {"unfold_max_pixels": layers.UNFOLD_MAX_PIXELS,
                                     "nine_matmul_weight_grad": layers.SHIFT_GRAD}
     if dev.type == "cuda":  # fp32 convolutions use TF32 tensor cores under torch's defaults; matmuls do not
