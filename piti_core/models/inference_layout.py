@@ -2,9 +2,10 @@
 
 Training keeps ``model.channels_last`` as configured (off by default: on this CPU channels-last made
 the convolutions' backward 15–40 % slower). Sampling has no backward, and there oneDNN's channels-last
-forward is faster: a glide sampling step took 0.87–0.94× the time (docs/performance.md, "Channels-last
-sampling on the CPU"). At the tiny preset's widths the difference was inside the noise, so UNets
-narrower than :data:`CHANNELS_LAST_MIN_WIDTH` keep their layout. On CUDA it did not pay off (H100).
+forward is faster: a glide base sampling step took 0.82–0.93× the time, an upsampler step 0.90–1.01×
+(docs/performance.md, "Channels-last sampling on the CPU"). At the tiny preset's widths the
+difference was inside the noise, so UNets narrower than :data:`CHANNELS_LAST_MIN_WIDTH` keep their
+layout. On CUDA it did not pay off (H100).
 """
 
 from __future__ import annotations
