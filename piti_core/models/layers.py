@@ -60,22 +60,20 @@ class Conv2d(nn.Conv2d):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # what a layer's shape decides, once: the per-call test below is then one attribute for most layers
+        # what a layer's shape decides, once: the per-call tests below are then one attribute for most layers
         self._unfoldable = (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
                             and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (self._unfoldable and self.in_channels >= UNFOLD_MIN_CHANNELS and x.device.type == "cpu"
-                and x.dim() == 4 and x.shape[0] * x.shape[-1] * x.shape[-2] <= UNFOLD_MAX_PIXELS
-                and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                and not torch.compiler.is_compiling()):
-            return conv3x3_unfold(x, self.weight, self.bias)
-        if (SHIFT_GRAD and self._unfoldable and self.weight.requires_grad and torch.is_grad_enabled()
-                and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and not torch.compiler.is_compiling()
-                and _shift_grad_pays(x.shape[0] * x.shape[-1] * x.shape[-2], x.shape[0],
-                                     min(self.in_channels, self.out_channels))):
-            return _Conv3x3ShiftGrad.apply(x, self.weight, self.bias)
+        # piti's own paths: 3×3 stride-1 fp32 convs on the CPU in eager mode; everything else is F.conv2d
+        if (self._unfoldable and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and not torch.compiler.is_compiling()):
+            n, _, h, w = x.shape
+            if self.in_channels >= UNFOLD_MIN_CHANNELS and n * h * w <= UNFOLD_MAX_PIXELS:
+                return conv3x3_unfold(x, self.weight, self.bias)
+            if (SHIFT_GRAD and self.weight.requires_grad and torch.is_grad_enabled()
+                    and _shift_grad_pays(n * h * w, n, min(self.in_channels, self.out_channels))):
+                return _Conv3x3ShiftGrad.apply(x, self.weight, self.bias)
         return super().forward(x)
 
 
