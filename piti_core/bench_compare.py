@@ -202,15 +202,14 @@ def bench_sample_step(cfg, which: str, variant: str, *, device, steps: int, warm
 
     from piti_core.bench import _inputs
     from piti_core.models.build import build_base, build_upsampler
-    from piti_core.models.inference_layout import channels_last_for_cpu_sampling
-    from piti_core.precision import DTYPES, autocast, cast_for_inference
+    from piti_core.generate import prepare_for_sampling
+    from piti_core.precision import DTYPES, autocast
 
     build, ucfg, rows = (build_base, cfg.model, 2) if which == "base" else (build_upsampler, cfg.upsampler, 1)
     _release_memory()
     torch.manual_seed(seed)
     dtype = DTYPES[_dtype(variant)]
-    model = cast_for_inference(build(cfg, cond_channels).to(device).eval(), dtype)  # as piti sample does
-    channels_last_for_cpu_sampling(model, device)  # as piti sample does
+    model = prepare_for_sampling(build(cfg, cond_channels).to(device).eval(), dtype, device)  # as piti sample
     if variant.startswith("compiled"):
         _compile(model, device, "sample")
     inputs = _inputs(cfg, ucfg, rows, cond_channels, device, seed)

@@ -34,21 +34,31 @@ def list_inputs(source: str | Path) -> list[Path]:
     raise DataError(f"{path}: no such file or folder")
 
 
+def prepare_for_sampling(model: torch.nn.Module, compute: torch.dtype, device) -> torch.nn.Module:
+    """Make a model that only samples ready, in place: conv/linear weights stored in the compute dtype
+    once (bit-identical to autocast's per-step cast, :func:`~piti_core.precision.cast_for_inference`)
+    and wide UNets channels-last on the CPU
+    (:func:`~piti_core.models.inference_layout.channels_last_for_cpu_sampling`). Used by
+    :func:`load_cascade` and by ``piti bench --compare``'s sampling steps, so both time the same model."""
+    from piti_core.models.inference_layout import channels_last_for_cpu_sampling
+    from piti_core.precision import cast_for_inference
+
+    cast_for_inference(model, compute)
+    channels_last_for_cpu_sampling(model, device)
+    return model
+
+
 def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False, verb: str = "sample"):
     """The run's models ready to sample with ``settings``: ``(run, task, names, compute dtype)``.
 
     Checks the sampler and guidance names and that the run has a base model (one line naming the run
     otherwise, ``verb`` saying what the caller does), loads the base and upsampler on ``device``,
-    stores their conv/linear weights in the compute dtype once (bit-identical to autocast's per-step
-    cast, :func:`~piti_core.precision.cast_for_inference`), makes wide UNets channels-last on the CPU
-    (:func:`~piti_core.models.inference_layout.channels_last_for_cpu_sampling`) and compiles them with
-    ``compile``.
+    prepares them for sampling (:func:`prepare_for_sampling`) and compiles them with ``compile``.
     Shared by ``piti sample`` and ``piti eval``.
     """
     from piti_core.diffusion import get_guidance, get_sampler
-    from piti_core.models.inference_layout import channels_last_for_cpu_sampling
     from piti_core.plugins import get_plugin_manager
-    from piti_core.precision import cast_for_inference, resolve_dtype
+    from piti_core.precision import resolve_dtype
     from piti_core.runs import load_run, read_run_meta
 
     get_sampler(settings.sampler), get_sampler(settings.upsampler_sampler), get_guidance(settings.guidance)
@@ -65,8 +75,7 @@ def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False
         keep_freed_memory()
     run = load_run(run_dir, names=names, device=device, extra_sections=host.task_sections())
     for model in run.models.values():
-        cast_for_inference(model, compute)
-        channels_last_for_cpu_sampling(model, device)
+        prepare_for_sampling(model, compute, device)
     if compile:
         from piti_core.compile import compile_model
 

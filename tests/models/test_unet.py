@@ -5,8 +5,10 @@ import torch
 
 from piti_core.config import resolve_config
 from piti_core.errors import DataError
-from piti_core.models import build_base, build_upsampler, layers
+from piti_core.models import build_base, build_upsampler, inference_layout, layers
+from piti_core.models.inference_layout import channels_last_for_cpu_sampling
 from piti_core.models.layers import timestep_embedding
+from piti_core.models.unet import UNet
 
 
 SMALL = ["model.image_size=16", "model.attention_resolutions=[8,4]", "upsampler.image_size=32",
@@ -126,6 +128,40 @@ def test_nine_matmul_weight_grads_give_the_same_gradients(tiny, checkpointing, m
     assert len(calls) > 5, "the path ran for the UNet's 3x3 convs"
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(results[True][1], results[False][1], atol=1e-6, rtol=1e-4)
+
+
+def test_sampling_preparation_makes_wide_unets_channels_last_on_the_cpu(tiny, monkeypatch):
+    """``prepare_for_sampling`` (piti sample / eval and the compare bench): UNets at least
+    ``CHANNELS_LAST_MIN_WIDTH`` wide switch to channels-last on the CPU and sample the same."""
+    from piti_core.generate import prepare_for_sampling
+
+    monkeypatch.setattr(inference_layout, "CHANNELS_LAST_MIN_WIDTH", tiny.upsampler.model_channels)
+    for build, size, low in ((build_base, tiny.model.image_size, None),
+                             (build_upsampler, tiny.upsampler.image_size, tiny.upsampler.super_res)):
+        model = _randomize(build(tiny, 3)).eval()
+        x, t, cond = _batch(tiny, size=size)
+        low_res = torch.randn(2, 3, low, low) if low else None
+        with torch.no_grad():
+            ref = model(x, t, cond, low_res=low_res)
+            prepare_for_sampling(model, torch.float32, "cpu")
+            unets = [m for m in model.modules() if isinstance(m, UNet)]
+            assert len(unets) == 1 and unets[0].channels_last
+            convs = [m for m in unets[0].modules() if isinstance(m, torch.nn.Conv2d)]
+            assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+            torch.testing.assert_close(model(x, t, cond, low_res=low_res), ref, rtol=1e-4, atol=1e-4)
+        assert channels_last_for_cpu_sampling(model, "cpu") == []  # already switched
+
+
+def test_narrow_unets_and_other_devices_keep_their_layout(tiny):
+    model = build_base(tiny, 3)
+    unet = next(m for m in model.modules() if isinstance(m, UNet))
+    assert unet.model_channels < inference_layout.CHANNELS_LAST_MIN_WIDTH
+    assert channels_last_for_cpu_sampling(model, "cpu") == [] and not unet.channels_last
+    wide = resolve_config(preset="tiny", overrides=SMALL + ["model.model_channels=128", "model.channel_mult=[1]",
+                                                            "model.attention_resolutions=[]"])
+    model = build_base(wide, 3)
+    assert channels_last_for_cpu_sampling(model, torch.device("cuda")) == []  # no device needed to decide
+    assert not any(isinstance(m, UNet) and m.channels_last for m in model.modules())
 
 
 def test_bf16_autocast_runs_and_is_close(tiny):
