@@ -124,14 +124,16 @@ class DiffusionConfig:
 @frozen
 class SampleConfig:
     # Defaults: the fewest steps that kept FID and alignment within 5% of the official recipe (DDPM 250 +
-    # DDPM fast27) on the toy world, with two seeds (docs/performance.md, "Few-step sampling"): 6 base steps
-    # of SDE-DPM-Solver++(2M) (the deterministic solvers failed at every step count, DDPM below 30); from
-    # pure noise (upsampler_start 1) the upsampler takes 10 SDE-DPM-Solver++ steps (8 failed). The official
-    # recipe: --sampler ddpm --steps 250 --upsampler-sampler ddpm --upsampler-steps fast27
+    # DDPM fast27 from pure noise) on the toy world, with two seeds (docs/performance.md, "Few-step
+    # sampling" and "Where the upsampler starts"): 6 base steps of SDE-DPM-Solver++(2M) (the deterministic
+    # solvers failed at every step count, DDPM below 30); the upsampler starts from its low-res input noised
+    # to 0.4·T and takes the 5 steps of SDE-DPM-Solver++ "12" below it (from pure noise it needed 10 steps,
+    # and scored lower). The official recipe: --sampler ddpm --steps 250 --upsampler-sampler ddpm
+    # --upsampler-steps fast27 --upsampler-start 1
     sampler: str = "dpmpp-sde"
     steps: str = "6"
     upsampler_sampler: str = "dpmpp-sde"
-    upsampler_steps: str = "10"
+    upsampler_steps: str = "12"
     guidance: str = "plain"
     guidance_scale: float = field(default=1.3, validator=_nonneg)
     # Guidance only while lo <= t/T <= hi; outside it the base runs the conditional row alone (one decoder
@@ -140,7 +142,7 @@ class SampleConfig:
     upsampler_temperature: float = field(default=0.997, validator=_pos)
     # Where the upsampler's sampling starts, as a fraction of T: 1 = from pure noise (official); below 1
     # it starts from the upsampled low-res image noised to that level (docs/upsampler.md).
-    upsampler_start: float = field(default=1.0, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)])
+    upsampler_start: float = field(default=0.4, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)])
     batch_size: int = field(default=4, validator=_pos)
     seed: int = 0
 
@@ -278,12 +280,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         "encoder": dict(width=128, layers=2, heads=4, cond_size=64, cnn_channels=(16, 32, 64, 128), hint_channels=32),
         # 128 bytes hold a whole toy-world caption (the shipped prior was made with 32, which cut most)
         "text": dict(layers=2, heads=4, context_length=128),
-        # the tiny upsampler ignores its low-res input at high noise (colours drift): start it at 0.4·T
-        # and from there SDE-DPM-Solver++ "12" (5 steps below 0.4·T) matches fast27 (docs/performance.md)
         # guidance 3 instead of the official 1.3: on the toy world it raised the tiny models' alignment
         # (sketch edge F1 0.555 -> 0.678, mask mIoU 0.246 -> 0.361) and lowered FID (docs/guidance.md)
-        "sample": dict(upsampler_start=0.4, upsampler_sampler="dpmpp-sde", upsampler_steps="12",
-                       guidance_scale=3.0),
+        "sample": dict(guidance_scale=3.0),
         "train": dict(batch_size=8, lr=1e-3, cont_lr=5e-4, decoder_lr=3e-4, upsampler_lr=1e-4, pretrain_lr=3e-4,
                       ema_rate=0.999, stage1_steps=300,
                       stage1_cont_steps=100, stage2_steps=300, upsampler_steps=300, pretrain_steps=2000,

@@ -18,7 +18,7 @@ Rows, in three phases:
    phase 1 (the lowest FID when none passed; ``--base`` names another);
    then the baseline at upsampler start 1.0 (official; information, never recommended), and that base
    candidate with upsamplers from pure noise (``PURE_NOISE_UPSAMPLERS``, role "pure-noise"), judged against
-   the baseline at start 1.0 (the glide preset's start);
+   the baseline at start 1.0 (the official start);
 3. with ``--second-seed``: the baseline, phase 1's pick, the recommended setting (and the recommended
    pure-noise setting with the official recipe at start 1.0) again with that
    seed (their noise level).
@@ -240,7 +240,7 @@ def main(argv=None) -> None:
     chosen_pure = None
     if start != 1.0:
         official1 = evaluate(setting("ddpm", "250", start=1.0, note="official start 1.0", role="info"), args.seed)
-        # the upsampler from pure noise (the official start, glide's default) after the same base, judged
+        # the upsampler from pure noise (the official start) after the same base, judged
         # against the official recipe at start 1.0
         for sampler, steps in PURE_NOISE_UPSAMPLERS:
             evaluate(setting(b["sampler"], b["steps"], sampler, steps, start=1.0, role="pure-noise",
