@@ -6,7 +6,8 @@
 Each shape is ``batch,in_channels,out_channels,size`` (square maps); the default list is every 3×3
 conv shape of the glide base at batch 1. The two are alternated in a rotating order in one process,
 each checked against the other first, and the median milliseconds and GFLOP/s (2·O·C·9·N·H·W per
-weight gradient) are printed, with the sum over the shapes.
+weight gradient) are printed, with the sum over the shapes. Both are timed in the weight's layout, as
+the gradient lands in ``.grad`` (autograd copies a gradient in another layout).
 """
 
 import argparse
@@ -27,7 +28,8 @@ def onednn(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor) -> tor
 
 
 def nine_matmuls(x: torch.Tensor, grad_out: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    return conv3x3_weight_grad(x, grad_out)
+    # in the weight's layout, as the gradient lands in .grad (autograd copies a gradient in another layout)
+    return conv3x3_weight_grad(x, grad_out).contiguous()
 
 
 def main() -> None:

@@ -45,7 +45,9 @@ def test_state_dict_keys_are_conv2d_keys():
 
 
 @pytest.mark.parametrize("batch,h,w,cin,cout", [(1, 8, 8, 5, 7), (2, 6, 9, 3, 4), (3, 1, 1, 2, 2), (1, 12, 5, 8, 1),
-                                                 (1, 1, 1, 2, 3), (1, 1, 6, 3, 2), (1, 5, 1, 2, 2)])
+                                                 (1, 1, 1, 2, 3), (1, 1, 6, 3, 2), (1, 5, 1, 2, 2),
+                                                 # fewer pixels than output channels: the patch-matrix branch
+                                                 (1, 2, 3, 4, 9), (1, 4, 4, 3, 20), (2, 2, 2, 3, 9)])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_shift_weight_grad_matches_autograd(batch, h, w, cin, cout, channels_last):
     torch.manual_seed(0)
@@ -55,7 +57,10 @@ def test_shift_weight_grad_matches_autograd(batch, h, w, cin, cout, channels_las
     weight = torch.randn(cout, cin, 3, 3, requires_grad=True)
     grad_out = torch.randn(batch, cout, h, w)
     (ref,) = torch.autograd.grad(F.conv2d(x, weight, padding=1), weight, grad_out)
-    torch.testing.assert_close(layers.conv3x3_weight_grad(x, grad_out), ref, rtol=1e-4, atol=1e-4)
+    grad = layers.conv3x3_weight_grad(x, grad_out)
+    torch.testing.assert_close(grad, ref, rtol=1e-4, atol=1e-4)
+    if batch == 1 and h * w < cout:  # one matmul against the patch matrix: already the weight's layout
+        assert grad.is_contiguous()
 
 
 @pytest.mark.parametrize("bias,input_grad,batch", [(True, True, 1), (False, True, 2), (True, False, 1)])
