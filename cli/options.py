@@ -102,7 +102,8 @@ def sampling_options(func):
                      help="Base respacing: 250, 50, ddim25, ... (default: the run's sample.steps)."),
         click.option("--upsampler-sampler", default=None, callback=_sampler_name, metavar="NAME",
                      help="Upsampler sampler, as --sampler (default: the run's sample.upsampler_sampler)."),
-        click.option("--upsampler-steps", default=None, help="Upsampler respacing (default: the run's, fast27)."),
+        click.option("--upsampler-steps", default=None,
+                     help="Upsampler respacing: 12, fast27, ... (default: the run's sample.upsampler_steps)."),
         click.option("--upsampler-start", type=click.FloatRange(0, 1, min_open=True), default=None,
                      help="Start the upsampler at this fraction of T from its noised low-res input "
                           "(1 = pure noise, official; default: the run's sample.upsampler_start)."),
