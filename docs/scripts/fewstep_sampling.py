@@ -168,6 +168,33 @@ def table(rows: list[dict], alignment: str) -> str:
     return "\n".join(lines)
 
 
+def judged_rows(args, out: Path, cfg, baseline: dict, candidates: list[dict], seeds: list[int], jobs: int,
+                name: str, title: str) -> list[dict]:
+    """The baseline and ``candidates`` for each seed, ``jobs`` rows at once (one thread each; stored rows
+    are reused), each judged against its seed's baseline; writes DIR/<name>.json and DIR/<name>.md."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from piti_core.io import atomic_write_text
+
+    work = [(s, seed) for seed in seeds for s in [baseline] + candidates]  # each seed's baseline first
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        records = list(pool.map(lambda job: run_eval(args.run, out, job[0], job[1], args.n, True), work))
+    rows, base_rows = [], {}
+    for (s, seed), record in zip(work, records):
+        row = make_row(s, seed, record, cfg, args.alignment)
+        if s is baseline:
+            base_rows[seed] = row
+        judge(row, base_rows[seed])
+        rows.append(row)
+    atomic_write_text(out / f"{name}.json", json.dumps(rows, indent=2) + "\n")
+    md = (f"{title} on `{args.run}`: n = {args.n}, seeds {', '.join(map(str, seeds))}, passes = FID <= "
+          f"{1 + TOLERANCE:.2f} x baseline and {args.alignment} >= {1 - TOLERANCE:.2f} x baseline (same seed)."
+          f"\n\n{table(rows, args.alignment)}\n")
+    atomic_write_text(out / f"{name}.md", md)
+    print(md)
+    return rows
+
+
 def study_arguments(description: str) -> argparse.ArgumentParser:
     """The arguments every toy-world sampling study takes: RUN, --out, --n, --seed, --alignment."""
     ap = argparse.ArgumentParser(description=description)

@@ -15,9 +15,7 @@ few-step criterion (FID <= 1.05x, edge F1 >= 0.95x). Writes DIR/interval.json an
 
 from __future__ import annotations
 
-import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -31,7 +29,6 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from piti_core.config import load_config
-    from piti_core.io import atomic_write_text
     from piti_core.plugins import get_plugin_manager
 
     out = Path(args.out)
@@ -42,21 +39,7 @@ def main(argv=None) -> None:
     candidates = [fs.setting("ddpm", "35", *up, start=start)]
     candidates += [fs.setting("ddpm", k, *up, start=start, interval=(0.3, 0.7)) for k in ("50", "35", "30")]
     candidates += [fs.setting("ddpm", k, *up, start=start, interval=(0.3, 1.0)) for k in ("50", "35")]
-    base_row = fs.make_row(baseline, args.seed, fs.run_eval(args.run, out, baseline, args.seed, args.n, True), cfg,
-                           args.alignment)
-    fs.judge(base_row, base_row)
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        records = list(pool.map(lambda s: fs.run_eval(args.run, out, s, args.seed, args.n, True), candidates))
-    rows = [base_row]
-    for s, record in zip(candidates, records):
-        row = fs.make_row(s, args.seed, record, cfg, args.alignment)
-        fs.judge(row, base_row)
-        rows.append(row)
-    atomic_write_text(out / "interval.json", json.dumps(rows, indent=2) + "\n")
-    md = (f"Guidance interval on `{args.run}`: n = {args.n}, seed {args.seed}, passes = FID <= 1.05 x baseline "
-          f"and {args.alignment} >= 0.95 x baseline.\n\n" + fs.table(rows, args.alignment) + "\n")
-    atomic_write_text(out / "interval.md", md)
-    print(md)
+    fs.judged_rows(args, out, cfg, baseline, candidates, [args.seed], args.jobs, "interval", "Guidance interval")
 
 
 if __name__ == "__main__":

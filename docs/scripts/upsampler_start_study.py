@@ -13,9 +13,7 @@ run at once (one thread each).
 
 from __future__ import annotations
 
-import json
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,30 +32,14 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from piti_core.config import load_config
-    from piti_core.io import atomic_write_text
     from piti_core.plugins import get_plugin_manager
 
-    out = Path(args.out)
     cfg = load_config(Path(args.run) / "config.json", get_plugin_manager().task_sections())
-    seeds = [int(s) for s in args.seeds.split(",")]
     baseline = fs.setting("ddpm", "250", start=1.0, note="baseline: official 250 + fast27 from pure noise",
                           role="baseline")
     candidates = [fs.setting("dpmpp-sde", "6", "dpmpp-sde", steps, start=start) for steps, start in UPSAMPLERS]
-    jobs = [(s, seed) for seed in seeds for s in [baseline] + candidates]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # the baselines first: they take longest
-        records = list(pool.map(lambda job: fs.run_eval(args.run, out, job[0], job[1], args.n, True), jobs))
-    rows, base_rows = [], {}
-    for (s, seed), record in zip(jobs, records):
-        row = fs.make_row(s, seed, record, cfg, args.alignment)
-        if s is baseline:
-            base_rows[seed] = row
-        fs.judge(row, base_rows[seed])
-        rows.append(row)
-    atomic_write_text(out / "start.json", json.dumps(rows, indent=2) + "\n")
-    md = (f"Upsampler start on `{args.run}`: n = {args.n}, seeds {args.seeds}, passes = FID <= 1.05 x baseline "
-          f"and {args.alignment} >= 0.95 x baseline (same seed).\n\n" + fs.table(rows, args.alignment) + "\n")
-    atomic_write_text(out / "start.md", md)
-    print(md)
+    fs.judged_rows(args, Path(args.out), cfg, baseline, candidates, [int(s) for s in args.seeds.split(",")],
+                   args.jobs, "start", "Upsampler start")
 
 
 if __name__ == "__main__":
