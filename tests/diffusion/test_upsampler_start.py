@@ -63,5 +63,5 @@ def test_default_start_is_the_measured_one(preset):
     s = resolve_config(preset).sample
     assert (s.upsampler_start, s.upsampler_sampler, s.upsampler_steps) == (0.4, "dpmpp-sde", "12")
     schedule = build_schedule("linear", 1000, s.upsampler_steps)
-    assert len([t for t in schedule.timestep_map if t <= s.upsampler_start * 999]) == 5
+    assert len(truncate_schedule(schedule, "linear", s.upsampler_start).timestep_map) == 5
     assert resolve_config(preset, [], ["sample.upsampler_start=1"]).sample.upsampler_start == 1.0
