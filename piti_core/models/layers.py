@@ -48,7 +48,8 @@ class Conv2d(nn.Conv2d):
     of the step (docs/performance.md, "Small feature maps"). As a matmul of the (C·9, H·W) patch matrix
     the same work is about 4× faster, and autograd's backward is two more matmuls and a fold. With
     larger batches or fewer channels oneDNN was as fast or faster (measured), so everywhere else (and on
-    CUDA, and under torch.compile) it is ``F.conv2d``.
+    CUDA, under torch.compile, and under CPU autocast, where the conv runs in bf16 and its gradients must
+    too) it is ``F.conv2d``.
 
     In training on the CPU, the other 3×3 stride-1 convs run forward and input gradient through oneDNN
     but compute the weight gradient as nine matmuls (:func:`conv3x3_weight_grad`), where that measured
@@ -65,9 +66,12 @@ class Conv2d(nn.Conv2d):
                             and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # piti's own paths: 3×3 stride-1 fp32 convs on the CPU in eager mode; everything else is F.conv2d
+        # piti's own paths: 3×3 stride-1 fp32 convs on the CPU in eager mode; everything else is F.conv2d.
+        # Under CPU autocast the inputs are still fp32 but F.conv2d runs in bf16: the nine-matmul gradient
+        # would meet a bf16 grad_out (oneDNN refuses the mixed dtypes), so autocast takes F.conv2d too.
         if (self._unfoldable and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and not torch.compiler.is_compiling()):
+                and self.weight.dtype == torch.float32 and not torch.compiler.is_compiling()
+                and not torch.is_autocast_enabled("cpu")):
             n, _, h, w = x.shape
             if self.in_channels >= UNFOLD_MIN_CHANNELS and n * h * w <= UNFOLD_MAX_PIXELS:
                 return conv3x3_unfold(x, self.weight, self.bias)

@@ -110,3 +110,23 @@ def test_shift_weight_grad_only_where_it_measured_faster(monkeypatch):
     conv(torch.randn(1, 4, 8, 8, requires_grad=True)).sum().backward()  # a frozen decoder (stage 1)
     bf16 = Conv2d(4, 4, 3, padding=1).to(torch.bfloat16)
     run(bf16, torch.randn(1, 4, 8, 8, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("size", [8, 4])  # 8x8: the unfold path's size; 4x4: the nine-matmul gradient's
+def test_cpu_autocast_trains_through_conv2d(size):
+    # Under CPU bf16 autocast (--dtype auto on CPUs with AVX512-BF16/AMX) the inputs stay fp32 while the
+    # conv runs in bf16; piti's fp32 paths would mix the dtypes in the backward (oneDNN refused it).
+    torch.manual_seed(0)
+    c = max(layers.UNFOLD_MIN_CHANNELS, layers.SHIFT_GRAD_MIN_CHANNELS)
+    conv = Conv2d(c, c, 3, padding=1)
+    x = torch.randn(1, c, size, size, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x)
+        ref = F.conv2d(x, conv.weight, conv.bias, padding=1)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y, ref)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, conv.weight, conv.bias), g)
+    want = torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
