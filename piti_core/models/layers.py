@@ -195,17 +195,30 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
-    """Multi-head attention on (B, H, L, d) tensors with a float32 softmax, scale 1/sqrt(d).
+# Where bf16/fp16 attention inputs stay in their dtype (see attention). On the CPU they are upcast: on an
+# AMX Xeon the bf16 flash kernel measured no faster than float32 (docs/performance.md, 2026-11-27).
+LOW_PRECISION_ATTENTION_DEVICES = ("cuda",)
 
-    The inputs are upcast to float32 with autocast disabled, so the softmax (and the whole product)
-    is float32 whatever the surrounding precision; the result has ``q``'s dtype.
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool = False) -> torch.Tensor:
+    """Multi-head attention on (B, H, L, d) tensors, scale 1/sqrt(d), softmax in float32; the result
+    has ``q``'s dtype.
+
+    On CUDA, bf16/fp16 inputs stay in their dtype: the fused kernels (flash and memory-efficient
+    attention) accumulate the scores and keep the softmax's running max and sum in float32, and round
+    only the probabilities for the product with ``v``. That is the official code's mixed precision
+    (half-precision scores, float32 softmax, half-precision product) with the scores accumulated in
+    float32 as well, and it made the glide base's bf16 training step 1.24× faster on an H200 than
+    upcasting. Elsewhere (:data:`LOW_PRECISION_ATTENTION_DEVICES`) the inputs are upcast to float32,
+    so the whole product is float32. Autocast is off inside: ``q``'s dtype decides.
     """
     dtype = q.dtype
     device_type = q.device.type
     guard = (torch.autocast(device_type, enabled=False) if device_type in _AUTOCAST_DEVICES
              else contextlib.nullcontext())
     with guard:
+        if dtype in (torch.bfloat16, torch.float16) and device_type in LOW_PRECISION_ATTENTION_DEVICES:
+            return F.scaled_dot_product_attention(q, k.to(dtype), v.to(dtype), is_causal=is_causal)
         out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=is_causal)
     return out.to(dtype)
 
