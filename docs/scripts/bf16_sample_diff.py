@@ -12,7 +12,9 @@ that the only difference is the arithmetic. Reported for the 8-bit images (0–2
 * ``cascade``: everything in bf16 vs everything in fp32 (what a user sees);
 * ``fp32 seed S vs S+1``: two fp32 cascades with different seeds, the scale of sample-to-sample change.
 
-Each as mean and max absolute difference and PSNR (peak 255). On a CPU without AVX512-BF16/AMX bf16 is
+Each as mean and max absolute difference and PSNR (peak 255). ``--bf16-attention`` runs the attention
+as CUDA does (bf16 inputs into the fused kernel, whose softmax is fp32) instead of upcasting them, the
+CPU's default. On a CPU without AVX512-BF16/AMX bf16 is
 emulated and about 50x slower than fp32: keep N and the steps small. ``--out DIR`` writes grid.png
 (condition | fp32 | bf16 | 4x |difference| per row, final images) and bf16_diff.json.
 """
@@ -52,7 +54,14 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--bf16-attention", action="store_true",
+                    help="keep bf16 attention inputs in bf16, as on CUDA (the CPU upcasts them to fp32)")
     args = ap.parse_args(argv)
+
+    from piti_core.models import layers
+
+    if args.bf16_attention:
+        layers.LOW_PRECISION_ATTENTION_DEVICES = (*layers.LOW_PRECISION_ATTENTION_DEVICES, args.device)
 
     from piti_core.plugins import get_plugin_manager
     from piti_core.runs import load_run
@@ -102,6 +111,7 @@ def main(argv=None) -> None:
     rows = {"base": diff(base32, base16), "upsampler": diff(up32, up16_on32), "cascade": diff(up32, up16),
             f"fp32 seed {args.seed} vs {args.seed + 1}": diff(up32, up32_next)}
     record = {"run": args.run, "n": int(cond.shape[0]), "seed": args.seed, "device": str(dev),
+              "bf16_attention": dev.type in layers.LOW_PRECISION_ATTENTION_DEVICES,
               "settings": {k: getattr(s, k) for k in ("sampler", "steps", "upsampler_sampler", "upsampler_steps",
                                                         "upsampler_start", "guidance", "guidance_scale")},
               "sizes": [cfg.model.image_size, cfg.upsampler.image_size], "torch": torch.__version__,
