@@ -15,6 +15,14 @@ from torch import nn
 
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps")
 
+try:  # torch >= 2.4 takes the device type; older versions have a CPU-specific function
+    torch.is_autocast_enabled("cpu")
+
+    def _cpu_autocast() -> bool:
+        return torch.is_autocast_enabled("cpu")
+except TypeError:  # pragma: no cover - torch < 2.4
+    _cpu_autocast = torch.is_autocast_cpu_enabled
+
 
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm computed in float32 (weights too) and cast back; optional fused SiLU after it."""
@@ -71,7 +79,7 @@ class Conv2d(nn.Conv2d):
         # would meet a bf16 grad_out (oneDNN refuses the mixed dtypes), so autocast takes F.conv2d too.
         if (self._unfoldable and x.device.type == "cpu" and x.dim() == 4 and x.dtype == torch.float32
                 and self.weight.dtype == torch.float32 and not torch.compiler.is_compiling()
-                and not torch.is_autocast_enabled("cpu")):
+                and not _cpu_autocast()):
             n, _, h, w = x.shape
             if self.in_channels >= UNFOLD_MIN_CHANNELS and n * h * w <= UNFOLD_MAX_PIXELS:
                 return conv3x3_unfold(x, self.weight, self.bias)
