@@ -97,7 +97,12 @@ def test_bf16_attention_is_as_accurate_as_an_fp32_softmax(logit_scale, low_preci
     monkeypatch.setattr(layers, "LOW_PRECISION_ATTENTION_DEVICES", ("cuda", "cpu") if low_precision else ())
     seen = []
     real = F.scaled_dot_product_attention
-    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda q, *a, **kw: seen.append(q.dtype) or real(q, *a, **kw))
+
+    def spy(q, *args, **kwargs):
+        seen.append(q.dtype)
+        return real(q, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     g = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2, 3, 70, 16, generator=g) for _ in range(3))
     q = q * logit_scale
