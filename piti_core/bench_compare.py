@@ -150,12 +150,14 @@ def _measure(fn: Callable[[], Any], *, steps: int, warmup: int, device) -> dict[
 
 
 # ------------------------------------------------------------------------------------------ training
-def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: int, warmup: int,
-                        cond_channels: int, seed: int = 0) -> dict[str, Any]:
-    """Time ``steps`` full training steps (after ``warmup``) of one variant of the base model."""
+def bench_trainer(cfg, variant: str = "stage2", *, device, batch_size: int = 1, cond_channels: int = 3,
+                  seed: int = 0):
+    """The training step that the bench times, ready to run: the base model of ``variant`` (its stage's
+    frozen/trained split, checkpointing, dtype, compile) on one fixed random batch. Returns
+    ``(trainer, model, groups)``; ``trainer.train_step()`` is one full step (loss, AdamW, EMA, clipping),
+    ``groups`` the trained parameter groups."""
     import torch
 
-    from piti_core.bench import _rss_bytes
     from piti_core.models.build import build_base
     from piti_core.precision import DTYPES
     from piti_core.train.loop import Trainer
@@ -164,11 +166,9 @@ def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: in
 
     if variant not in TRAIN_VARIANTS:
         raise UsageError(f"unknown training variant '{variant}'; valid: {', '.join(TRAIN_VARIANTS)}")
+    device = torch.device(device)
     stage = _stage(cfg, "stage1" if variant == "stage1" else "stage2")
     vcfg = _with_checkpointing(cfg, variant == "checkpointing")
-    dtype = _dtype(variant)
-    _release_memory()
-    before = _rss_bytes("VmRSS") if device.type == "cpu" else None
     torch.manual_seed(seed)
     model = build_base(vcfg, cond_channels).to(device)
     groups, frozen = stage_parameters(model, stage)
@@ -180,16 +180,29 @@ def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: in
              "cond": torch.rand(batch_size, cond_channels, c, c, generator=g) * 2 - 1}
     objective = DiffusionObjective(stage, vcfg, null_condition=torch.ones_like)
     trainer = Trainer(model=model, groups=groups, loss_fn=objective, stream=_Batches(batch), tcfg=vcfg.train,
-                      device=device, dtype=DTYPES[dtype], aux=objective.aux(), frozen=tuple(frozen))
+                      device=device, dtype=DTYPES[_dtype(variant)], aux=objective.aux(), frozen=tuple(frozen))
+    return trainer, model, groups
+
+
+def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: int, warmup: int,
+                        cond_channels: int, seed: int = 0) -> dict[str, Any]:
+    """Time ``steps`` full training steps (after ``warmup``) of one variant of the base model."""
+    from piti_core.bench import _rss_bytes
+
+    stage = _stage(cfg, "stage1" if variant == "stage1" else "stage2")
+    _release_memory()
+    before = _rss_bytes("VmRSS") if device.type == "cpu" else None
+    trainer, model, groups = bench_trainer(cfg, variant, device=device, batch_size=batch_size,
+                                           cond_channels=cond_channels, seed=seed)
     timing = _measure(trainer.train_step, steps=steps, warmup=warmup, device=device)
-    out = {"stage": stage.name, "dtype": dtype, "checkpointing": variant == "checkpointing",
+    out = {"stage": stage.name, "dtype": _dtype(variant), "checkpointing": variant == "checkpointing",
            "compiled": variant.startswith("compiled"), "images_per_s": batch_size / timing["step_s"],
            "trained_params": sum(p.numel() for _, ps, _ in groups for _, p in ps),
            "params": sum(p.numel() for p in model.parameters()), **timing}
     if before is not None:  # the process before the model existed (python, torch): not the variant's doing
         out["process_before_bytes"] = before
         out["peak_above_process_bytes"] = out["peak_memory_bytes"] - before
-    del trainer, model, objective
+    del trainer, model, groups
     _release_memory()
     return out
 

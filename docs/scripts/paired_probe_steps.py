@@ -16,13 +16,9 @@ import time
 import torch
 
 from piti_core.bench import matmul_rate
-from piti_core.bench_compare import _Batches, _stage, meta_flops
+from piti_core.bench_compare import _median, _stage, bench_trainer, meta_flops
 from piti_core.config import resolve_config
 from piti_core.host_memory import keep_freed_memory
-from piti_core.models.build import build_base
-from piti_core.train.loop import Trainer
-from piti_core.train.objectives import DiffusionObjective
-from piti_core.train.recipe import stage_parameters
 
 
 def main() -> None:
@@ -36,14 +32,7 @@ def main() -> None:
     cfg = resolve_config(preset=args.preset)
     stage = _stage(cfg, args.stage)
     flops = meta_flops(cfg, "base", stage, 1, 3)[0]
-    torch.manual_seed(0)
-    model = build_base(cfg, 3)
-    groups, frozen = stage_parameters(model, stage)
-    s, c = cfg.model.image_size, cfg.encoder.cond_size
-    batch = {"image": torch.rand(1, 3, s, s) * 2 - 1, "cond": torch.rand(1, 3, c, c) * 2 - 1}
-    objective = DiffusionObjective(stage, cfg, null_condition=torch.ones_like)
-    trainer = Trainer(model=model, groups=groups, loss_fn=objective, stream=_Batches(batch), tcfg=cfg.train,
-                      device=torch.device("cpu"), dtype=torch.float32, aux=objective.aux(), frozen=tuple(frozen))
+    trainer = bench_trainer(cfg, args.stage, device="cpu")[0]
     for _ in range(args.warmup):
         trainer.train_step()
     fractions = []
@@ -56,8 +45,8 @@ def main() -> None:
         fractions.append(flops / step / probe)
         print(f"step {i}: probe {probe / 1e9:6.1f} GFLOP/s ({size}²)  step {step:6.3f} s  "
               f"{flops / step / 1e9:6.1f} GFLOP/s  fraction {fractions[-1]:.3f}", flush=True)
-    f = sorted(fractions)
-    print(f"fraction of the probe before each step: median {f[len(f) // 2]:.3f}, range {f[0]:.3f}–{f[-1]:.3f}")
+    print(f"fraction of the probe before each step: median {_median(fractions):.3f}, "
+          f"range {min(fractions):.3f}–{max(fractions):.3f}")
 
 
 if __name__ == "__main__":

@@ -18,13 +18,8 @@ import torch
 
 import piti_core.models.layers as layers
 from piti_core.bench import _inputs
-from piti_core.bench_compare import _Batches, _stage
+from piti_core.bench_compare import bench_trainer
 from piti_core.config import resolve_config
-from piti_core.models.build import build_base
-from piti_core.precision import DTYPES
-from piti_core.train.loop import Trainer
-from piti_core.train.objectives import DiffusionObjective
-from piti_core.train.recipe import stage_parameters
 
 
 def main() -> None:
@@ -40,17 +35,7 @@ def main() -> None:
     switch = {"unfold": "UNFOLD_MAX_PIXELS", "shift": "SHIFT_GRAD"}[args.path]
     default = getattr(layers, switch)
     cfg = resolve_config(preset=args.preset)
-    stage = _stage(cfg, "stage2")
-    torch.manual_seed(0)
-    model = build_base(cfg, 3)
-    groups, frozen = stage_parameters(model, stage)
-    g = torch.Generator().manual_seed(0)
-    s, c = cfg.model.image_size, cfg.encoder.cond_size
-    batch = {"image": torch.rand(args.batch_size, 3, s, s, generator=g) * 2 - 1,
-             "cond": torch.rand(args.batch_size, 3, c, c, generator=g) * 2 - 1}
-    objective = DiffusionObjective(stage, cfg, null_condition=torch.ones_like)
-    trainer = Trainer(model=model, groups=groups, loss_fn=objective, stream=_Batches(batch), tcfg=cfg.train,
-                      device=torch.device("cpu"), dtype=DTYPES["fp32"], aux=objective.aux(), frozen=tuple(frozen))
+    trainer, model, _ = bench_trainer(cfg, "stage2", device="cpu", batch_size=args.batch_size)
     inputs = _inputs(cfg, cfg.model, 2, 3, torch.device("cpu"))
 
     def sample_step():
