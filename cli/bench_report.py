@@ -31,12 +31,20 @@ def print_compare(r: dict) -> None:
     if r["train"]:
         echo("")
         echo("training step (base model; objective + AdamW + EMA)")
-        echo(f"  {'variant':<14}{'s/step':>9}{'img/s':>9}{'GFLOP/s':>10}{'of matmul':>11}{'peak mem':>12}"
-             f"{'time':>8}{'memory':>8}   (ratios vs stage2)")
+        paired = any("paired_fraction_of_matmul" in t for t in r["train"].values())
+        echo(f"  {'variant':<14}{'s/step':>9}{'img/s':>9}{'GFLOP/s':>10}{'of matmul':>11}"
+             + (f"{'per step':>10}" if paired else "")
+             + f"{'peak mem':>12}{'time':>8}{'memory':>8}   (ratios vs stage2)")
         for name, t in r["train"].items():
+            per_step = t.get("paired_fraction_of_matmul")
             echo(f"  {name:<14}{t['step_s']:>9.3f}{t['images_per_s']:>9.2f}{t['flops_per_s'] / 1e9:>10.1f}"
-                 f"{100 * t['fraction_of_matmul']:>10.0f}%{_mib(t['peak_memory_bytes']):>12}"
+                 f"{100 * t['fraction_of_matmul']:>10.0f}%"
+                 + ((f"{100 * per_step:>9.0f}%" if per_step is not None else f"{'-':>10}") if paired else "")
+                 + f"{_mib(t['peak_memory_bytes']):>12}"
                  f"{_ratio(t.get('time_vs_stage2')):>8}{_ratio(t.get('memory_vs_stage2')):>8}")
+        if paired:
+            echo("  (of matmul: against the run's median probe; per step: the median over steps of each step "
+                 "against the probe taken just before it)")
     if r["sample"]:
         echo("")
         echo("sampling step for one image (base: guided, 2 rows; upsampler: 1 row)")

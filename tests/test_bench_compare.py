@@ -27,6 +27,10 @@ def test_compare_json_has_every_variant_with_ratios():
         train["stage2"]["flops_per_step"]  # model FLOPs: recomputation is not counted
     for t in train.values():
         assert t["step_s"] > 0 and 0 < t["fraction_of_matmul"] < 5 and t["peak_memory_bytes"] > 0
+        # on the CPU every timed step follows its own matmul probe
+        (pair,) = t["paired"]
+        assert pair["step_s"] == t["step_s"] and pair["probe_flops_per_s"] > 0
+        assert t["paired_fraction_of_matmul"] == t["flops_per_step"] / pair["step_s"] / pair["probe_flops_per_s"]
     assert set(data["sample"]) == {"base-eager", "upsampler-eager"}
     rec = data["recipes"]
     assert rec["official"]["base_evals"] == 250 and rec["official"]["upsampler_evals"] == 27
@@ -130,3 +134,27 @@ def test_recipe_cost_counts_guided_steps_inside_the_interval_only():
     cost = recipe_cost(cfg, preset_recipe(cfg), base_guided_s=2.0, base_plain_s=1.0, upsampler_s=0.0)
     assert cost["base_s"] == 2.0 * len(inside) + 1.0 * (40 - len(inside))
     assert recipe_steps(cfg, OFFICIAL_RECIPE)["guided_evals"] == 250  # the official recipe guides every step
+
+
+def test_stage2_check_uses_the_per_step_fraction_where_the_bench_paired_probes():
+    from piti_core.bench_compare import checks
+
+    paired = {"stage2": {"step_s": 6.0, "fraction_of_matmul": 0.85, "paired_fraction_of_matmul": 0.7}}
+    (check,) = [c for c in checks({"train": paired}) if c["name"].startswith("stage 2 fraction")]
+    assert check["value"] == 0.7 and not check["ok"] and "probe before it" in check["name"]
+    (check,) = [c for c in checks({"train": {"stage2": {"step_s": 6.0, "fraction_of_matmul": 0.85}}})
+                if c["name"].startswith("stage 2 fraction")]
+    assert check["value"] == 0.85 and check["ok"]
+
+
+def test_measure_pairs_each_step_with_the_probe_before_it():
+    from piti_core.bench_compare import _measure
+
+    calls = []
+    rates = iter([100.0, 200.0, 300.0])
+    out = _measure(lambda: calls.append("step"), steps=3, warmup=1, device=torch.device("cpu"),
+                   probe=lambda: calls.append("probe") or next(rates))
+    assert calls == ["step", "probe", "step", "probe", "step", "probe", "step"]  # warm-up, then probe + step
+    assert [p["probe_flops_per_s"] for p in out["paired"]] == [100.0, 200.0, 300.0]
+    assert abs(out["step_s"] - sum(p["step_s"] for p in out["paired"]) / 3) < 1e-12
+    assert "paired" not in _measure(lambda: None, steps=2, warmup=0, device=torch.device("cpu"))
