@@ -37,6 +37,41 @@ class GroupNorm32(nn.GroupNorm):
         return F.silu(y) if self.swish else y
 
 
+FAST_DROPOUT = True  # CPU training draws dropout masks as below (False: nn.Dropout's bernoulli_ everywhere)
+DROPOUT_LEVELS = 1 << 16  # the mask compares 16-bit random integers: p is rounded to a multiple of 1/65536
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose mask is drawn faster in CPU training.
+
+    On the CPU, ``nn.Dropout`` fills a float tensor with ``bernoulli_``, about 12 ns per element on the
+    development machine: 120 ms of the glide base's stage-2 step at batch 1 (36 dropout layers). Here
+    one 64-bit random integer, drawn over its full range, gives four independent 16-bit values; an
+    element is kept where its value falls in the lowest ``k`` of the 65,536, ``k = round((1 - p) ·
+    65536)``, and kept elements are scaled by ``65536 / k``, so the output's expectation is the input
+    exactly (the drop probability is ``p`` to within 1/131,072). Same generator, same seeding: a
+    seeded step draws the same mask every time. Elsewhere (CUDA, whose fused kernel already draws
+    cheaply; eval mode; ``p`` of 0 or 1; torch.compile) it is ``nn.Dropout``. Same state dict.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (FAST_DROPOUT and self.training and 0.0 < self.p < 1.0 and x.device.type == "cpu"
+                and x.is_floating_point() and not torch.compiler.is_compiling()):
+            noise = dropout_noise(x, self.p)
+            return x.mul_(noise) if self.inplace else x * noise
+        return super().forward(x)
+
+
+def dropout_noise(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The multiplier of :class:`Dropout`: 0 where dropped, ``65536 / k`` where kept, shaped like ``x``."""
+    keep = min(max(round((1.0 - p) * DROPOUT_LEVELS), 1), DROPOUT_LEVELS - 1)
+    n = x.numel()
+    words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device)
+    words.random_(-(1 << 63), (1 << 63) - 1)  # the full range: random_() alone leaves the top bit 0
+    kept = words.view(torch.int16)[:n] < keep - DROPOUT_LEVELS // 2
+    return kept.to(x.dtype).mul_(DROPOUT_LEVELS / keep).view_as(x)
+
+
 UNFOLD_MAX_PIXELS = 64  # batch × height × width: one 8×8 map
 UNFOLD_MIN_CHANNELS = 512
 SHIFT_GRAD = True  # the nine-matmul weight gradient in CPU training (False: oneDNN's everywhere)

@@ -23,8 +23,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from piti_core.errors import DataError
-from piti_core.models.layers import (Conv2d, GroupNorm32, attention, merge_heads, split_heads, timestep_embedding,
-                                     zero_init)
+from piti_core.models.layers import (Conv2d, Dropout, GroupNorm32, attention, merge_heads, split_heads,
+                                     timestep_embedding, zero_init)
 
 
 class Upsample(nn.Module):
@@ -74,7 +74,7 @@ class ResBlock(nn.Module):
         self.out_layers = nn.Sequential(
             GroupNorm32(out_channels, swish=not use_scale_shift_norm),
             nn.SiLU() if use_scale_shift_norm else nn.Identity(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             zero_init(Conv2d(out_channels, out_channels, 3, padding=1)),
         )
         if out_channels == channels:
