@@ -110,3 +110,75 @@ def test_clip_grad_norm_matches_torch(scale):
     assert (norm > 1.0) == (scale == 10.0)
     for p, q in zip(ours[:-1], ref[:-1]):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("values", [[3.0, -4.0], [1e-30, 2e-30], [1e20, 1.0], [1.0, float("inf")],
+                                    [1.0, float("nan")]])
+def test_total_grad_norm_matches_foreach_norm_including_overflow_inf_and_nan(values, monkeypatch):
+    from piti_core.train import loop
+
+    torch.manual_seed(0)
+    big = torch.randn(loop.DOT_NORM_MIN_VALUES + 10)  # large enough for the dot path
+    big[:2] = torch.tensor(values)
+    small = torch.randn(2)
+    small[:2] = torch.tensor(values)
+    dots = []
+    real_dot = torch.dot
+    monkeypatch.setattr(torch, "dot", lambda a, b: dots.append(a.numel()) or real_dot(a, b))
+    for grads in ([big, torch.randn(50), torch.randn(3, 4)[:, :2]], [big], [small, torch.randn(3, 4)[:, :2]]):
+        dots.clear()
+        ref = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+        assert loop.total_grad_norm(grads) == pytest.approx(ref, rel=1e-6, nan_ok=True)
+        assert dots == ([big.numel()] if grads[0] is big else [])  # only large contiguous fp32 take a dot
+
+
+def test_clipping_folded_into_fused_adamw_matches_scaling_the_gradients():
+    from piti_core.train.loop import clip_grad_norm
+
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(n)) for n in (10, 300)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    opt = torch.optim.AdamW(ours, lr=1e-2, fused=True)
+    ref_opt = torch.optim.AdamW(ref, lr=1e-2, fused=True)
+    for _ in range(3):
+        for p, q in zip(ours, ref):
+            p.grad = torch.randn_like(p) * 10
+            q.grad = p.grad.clone()
+        norm = clip_grad_norm(ours, 1.0, fold_into=opt)
+        assert norm > 1.0 and opt.grad_scale is not None
+        assert float(clip_grad_norm(ref, 1.0)) == pytest.approx(norm, rel=1e-6)
+        opt.step()
+        opt.grad_scale = None
+        ref_opt.step()
+        for p, q in zip(ours, ref):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_trainer_folds_clipping_only_without_a_grad_scaler(monkeypatch):
+    from piti_core.train import loop
+
+    model, trainer = _trainer([1e4] * 4)  # a loss this large always clips at grad_clip 1.0
+    assert loop._folds_grad_scale(trainer.opt, trainer.scaler)
+    assert not loop._folds_grad_scale(trainer.opt, torch.amp.GradScaler("cpu", enabled=True))
+    seen = []
+    real_step = trainer.opt.step
+    monkeypatch.setattr(trainer.opt, "step", lambda *a, **k: seen.append(trainer.opt.grad_scale) or real_step(*a, **k))
+    logs = trainer.train_step()
+    assert logs["grad_norm"] > 1.0
+    assert seen and seen[0] is not None and float(seen[0]) == pytest.approx(logs["grad_norm"], rel=1e-5)
+    assert trainer.opt.grad_scale is None  # the factor belongs to that one step
+
+
+def test_trainer_steps_equal_with_and_without_the_fold(monkeypatch):
+    from piti_core.train import loop
+
+    torch.manual_seed(0)
+    a_model, a = _trainer([1e4] * 3)
+    torch.manual_seed(0)
+    b_model, b = _trainer([1e4] * 3)
+    monkeypatch.setattr(loop, "_folds_grad_scale", lambda opt, scaler: opt is a.opt)
+    for _ in range(3):
+        a.train_step()
+        b.train_step()
+    for (k, v), w in zip(a_model.state_dict().items(), b_model.state_dict().values()):
+        torch.testing.assert_close(v, w, rtol=1e-5, atol=1e-6, msg=k)
