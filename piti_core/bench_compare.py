@@ -204,6 +204,21 @@ def bench_trainer(cfg, variant: str = "stage2", *, device, batch_size: int = 1, 
     return trainer, model, groups
 
 
+def cpu_bench_step(preset: str, variant: str = "stage2"):
+    """Where the docs/scripts that study the bench's CPU training step start: malloc tuned as
+    ``piti train`` tunes it, the preset's config and :func:`bench_trainer` on the CPU at batch 1.
+    Returns ``(cfg, trainer, model, flops)``, ``flops`` the step's count as the bench makes it."""
+    import torch
+
+    from piti_core.config import resolve_config
+
+    keep_freed_memory()
+    cfg = resolve_config(preset=preset)
+    flops = meta_flops(cfg, "base", _stage(cfg, "stage1" if variant == "stage1" else "stage2"), 1, 3)[0]
+    trainer, model, _ = bench_trainer(cfg, variant, device=torch.device("cpu"))
+    return cfg, trainer, model, flops
+
+
 def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: int, warmup: int,
                         cond_channels: int, seed: int = 0, probe: Callable[[], float] | None = None) -> dict[str, Any]:
     """Time ``steps`` full training steps (after ``warmup``) of one variant of the base model; with

@@ -16,9 +16,7 @@ import time
 
 import torch
 
-from piti_core.bench_compare import _median, bench_trainer
-from piti_core.config import resolve_config
-from piti_core.host_memory import keep_freed_memory
+from piti_core.bench_compare import _median, cpu_bench_step
 from piti_core.train.loop import total_grad_norm
 
 
@@ -27,9 +25,7 @@ def main() -> None:
     ap.add_argument("--preset", default="glide")
     ap.add_argument("--reps", type=int, default=8)
     args = ap.parse_args()
-    keep_freed_memory()  # as piti train and the bench run on the CPU
-    cfg = resolve_config(preset=args.preset)
-    trainer, model, _ = bench_trainer(cfg, "stage2", device=torch.device("cpu"))
+    _, trainer, model, _ = cpu_bench_step(args.preset)
     trainer.train_step()
     trainer.train_step()
     grads = [p.grad for p in model.parameters() if p.grad is not None]

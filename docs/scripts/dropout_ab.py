@@ -13,9 +13,7 @@ import time
 
 import torch
 
-from piti_core.bench_compare import _median, bench_trainer
-from piti_core.config import resolve_config
-from piti_core.host_memory import keep_freed_memory
+from piti_core.bench_compare import _median, cpu_bench_step
 from piti_core.models import layers
 
 
@@ -37,9 +35,7 @@ def main() -> None:
     ap.add_argument("--preset", default="glide")
     ap.add_argument("--reps", type=int, default=8)
     args = ap.parse_args()
-    keep_freed_memory()  # as piti train and the bench run on the CPU
-    cfg = resolve_config(preset=args.preset)
-    trainer, model, _ = bench_trainer(cfg, "stage2", device=torch.device("cpu"))
+    cfg, trainer, model, _ = cpu_bench_step(args.preset)
     shapes, p = [], cfg.model.dropout
     hooks = [m.register_forward_hook(lambda mod, inp, out: shapes.append(tuple(inp[0].shape)))
              for m in model.modules() if isinstance(m, layers.Dropout)]

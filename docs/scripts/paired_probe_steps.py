@@ -14,9 +14,7 @@ import argparse
 import torch
 
 from piti_core.bench import matmul_rate
-from piti_core.bench_compare import _measure, _median, _stage, bench_trainer, meta_flops
-from piti_core.config import resolve_config
-from piti_core.host_memory import keep_freed_memory
+from piti_core.bench_compare import _measure, _median, cpu_bench_step
 
 
 def main() -> None:
@@ -26,11 +24,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args()
-    keep_freed_memory()  # as piti train and the bench run on the CPU
     cpu = torch.device("cpu")
-    cfg = resolve_config(preset=args.preset)
-    flops = meta_flops(cfg, "base", _stage(cfg, args.stage), 1, 3)[0]
-    trainer = bench_trainer(cfg, args.stage, device=cpu)[0]
+    _, trainer, _, flops = cpu_bench_step(args.preset, args.stage)
     print(f"{args.preset} {args.stage}: {flops / 1e9:.1f} GFLOP per step, {torch.get_num_threads()} threads")
     timing = _measure(trainer.train_step, steps=args.steps, warmup=args.warmup, device=cpu,
                       probe=lambda: matmul_rate(cpu, "fp32")[0])

@@ -20,9 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from piti_core.bench import matmul_rate
-from piti_core.bench_compare import _median, _stage, bench_trainer, meta_flops
-from piti_core.config import resolve_config
-from piti_core.host_memory import keep_freed_memory
+from piti_core.bench_compare import _median, cpu_bench_step
 
 COMPUTE = ("aten::mm", "aten::addmm", "aten::bmm", "aten::mkldnn_convolution", "aten::convolution_backward",
            "aten::_slow_conv2d_forward", "aten::_slow_conv2d_backward",
@@ -38,11 +36,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--top", type=int, default=8, help="how many of the other operators to list")
     args = ap.parse_args()
-    keep_freed_memory()  # as piti train and the bench run on the CPU
     cpu = torch.device("cpu")
-    cfg = resolve_config(preset=args.preset)
-    flops = meta_flops(cfg, "base", _stage(cfg, args.stage), 1, 3)[0]
-    trainer = bench_trainer(cfg, args.stage, device=cpu)[0]
+    _, trainer, _, flops = cpu_bench_step(args.preset, args.stage)
     print(f"{args.preset} {args.stage}: {flops / 1e9:.1f} GFLOP per step, {torch.get_num_threads()} threads")
     for _ in range(args.warmup):
         trainer.train_step()
