@@ -107,6 +107,11 @@ def _stage(cfg, name: str):
     return next(s for s in piti_stages(cfg.train) if s.name == name)
 
 
+def _variant_stage(cfg, variant: str):
+    """The recipe stage a training variant runs: stage 1 for ``stage1``, stage 2 for every other."""
+    return _stage(cfg, "stage1" if variant == "stage1" else "stage2")
+
+
 def _with_checkpointing(cfg, on: bool):
     import attrs
 
@@ -187,7 +192,7 @@ def bench_trainer(cfg, variant: str = "stage2", *, device, batch_size: int = 1, 
     if variant not in TRAIN_VARIANTS:
         raise UsageError(f"unknown training variant '{variant}'; valid: {', '.join(TRAIN_VARIANTS)}")
     device = torch.device(device)
-    stage = _stage(cfg, "stage1" if variant == "stage1" else "stage2")
+    stage = _variant_stage(cfg, variant)
     vcfg = _with_checkpointing(cfg, variant == "checkpointing")
     torch.manual_seed(seed)
     model = build_base(vcfg, cond_channels).to(device)
@@ -214,7 +219,7 @@ def cpu_bench_step(preset: str, variant: str = "stage2"):
 
     keep_freed_memory()
     cfg = resolve_config(preset=preset)
-    flops = meta_flops(cfg, "base", _stage(cfg, "stage1" if variant == "stage1" else "stage2"), 1, 3)[0]
+    flops = meta_flops(cfg, "base", _variant_stage(cfg, variant), 1, 3)[0]
     trainer, model, _ = bench_trainer(cfg, variant, device=torch.device("cpu"))
     return cfg, trainer, model, flops
 
@@ -225,7 +230,7 @@ def bench_train_variant(cfg, variant: str, *, device, batch_size: int, steps: in
     ``probe``, each step right after a matmul probe (see :func:`_measure`)."""
     from piti_core.bench import _rss_bytes
 
-    stage = _stage(cfg, "stage1" if variant == "stage1" else "stage2")
+    stage = _variant_stage(cfg, variant)
     _release_memory()
     before = _rss_bytes("VmRSS") if device.type == "cpu" else None
     trainer, model, groups = bench_trainer(cfg, variant, device=device, batch_size=batch_size,

@@ -129,15 +129,16 @@ def total_grad_norm(grads: list[torch.Tensor]) -> float:
     preset's 296, where few tensors are large (docs/scripts/clip_norm_ab.py). Both ways
     overflow to inf for norms above ~1.8e19 (fp32 squares) and propagate inf and NaN.
     """
-    def dottable(g: torch.Tensor) -> bool:
-        return g.numel() >= DOT_NORM_MIN_VALUES and g.dtype == torch.float32 and g.is_contiguous()
-
     if not grads:
         return 0.0
     if grads[0].device.type != "cpu":  # CUDA: one fused multi-tensor kernel
         return float(torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)])))
-    squares = [torch.dot(g.view(-1), g.view(-1)) for g in grads if dottable(g)]
-    rest = [g for g in grads if not dottable(g)]
+    squares, rest = [], []
+    for g in grads:
+        if g.numel() >= DOT_NORM_MIN_VALUES and g.dtype == torch.float32 and g.is_contiguous():
+            squares.append(torch.dot(g.view(-1), g.view(-1)))
+        else:
+            rest.append(g)
     if rest:
         squares.append(torch.stack([n.float() for n in torch._foreach_norm(rest)]).square().sum())
     return float(torch.stack(squares).sum().sqrt())
