@@ -131,15 +131,14 @@ def total_grad_norm(grads: list[torch.Tensor]) -> float:
     """
     if not grads:
         return 0.0
-    if grads[0].device.type != "cpu":  # CUDA: one fused multi-tensor kernel
-        return float(torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)])))
     squares, rest = [], []
     for g in grads:
-        if g.numel() >= DOT_NORM_MIN_VALUES and g.dtype == torch.float32 and g.is_contiguous():
+        if (g.device.type == "cpu" and g.dtype == torch.float32 and g.numel() >= DOT_NORM_MIN_VALUES
+                and g.is_contiguous()):
             squares.append(torch.dot(g.view(-1), g.view(-1)))
         else:
             rest.append(g)
-    if rest:
+    if rest:  # on CUDA all of them: one fused multi-tensor kernel
         squares.append(torch.stack([n.float() for n in torch._foreach_norm(rest)]).square().sum())
     return float(torch.stack(squares).sum().sqrt())
 
