@@ -63,6 +63,60 @@ def task_option(required: bool = True):
     return click.option("--task", required=required, callback=callback, help="Task name (see `piti tasks`).")
 
 
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds
+
+
+class FiniteFloat(click.ParamType):
+    """A float that is finite (``inf`` and ``nan`` are refused) and at least ``min`` when given."""
+
+    name = "float"
+
+    def __init__(self, min: float | None = None):
+        self.min = min
+
+    def convert(self, value, param, ctx):
+        import math
+
+        if isinstance(value, float) and math.isfinite(value) and (self.min is None or value >= self.min):
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and number < self.min:
+            self.fail(f"{value!r} is below {self.min:g}", param, ctx)
+        return number
+
+
+def _device(ctx, param, value):
+    """A device this machine has (checked before any model is loaded); None keeps the default."""
+    if value is None:
+        return None
+    from piti_core.errors import UsageError
+    from piti_core.precision import resolve_device
+
+    try:
+        return str(resolve_device(value))
+    except UsageError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+def device_option(default: str | None = None):
+    """``--device``: cpu, cuda, cuda:N (default: cuda when available), validated up front."""
+    return click.option("--device", default=default, callback=_device,
+                        show_default=default is not None,
+                        help="cpu, cuda, cuda:1 ... (default: cuda if available)." if default is None
+                        else "Torch device.")
+
+
+def seed_option(default: int | None = None, help: str = "Random seed (default 0).", name: str = "--seed"):
+    """A seed option: an integer in [0, 2**64 - 1] (what torch's generators take)."""
+    return click.option(name, type=click.IntRange(0, MAX_SEED), default=default,
+                        show_default=default is not None, help=help)
+
+
 SAMPLE_KEYS = ("sampler", "steps", "upsampler_sampler", "upsampler_steps", "upsampler_start", "guidance",
                "guidance_scale", "guidance_interval")
 
@@ -109,7 +163,8 @@ def sampling_options(func):
                           "(1 = pure noise, official; default: the run's sample.upsampler_start)."),
         click.option("--guidance", type=click.Choice(["plain", "normalized", "none"]), default=None,
                      help="Classifier-free guidance of the base model (default: the run's)."),
-        click.option("--guidance-scale", type=float, default=None, help="Official scale s (1 = conditional only)."),
+        click.option("--guidance-scale", type=FiniteFloat(min=0.0), default=None,
+                     help="Official scale s ≥ 0 (1 = conditional only)."),
         click.option("--guidance-interval", default=None, metavar="LO,HI", callback=_guidance_interval,
                      help="Guide only at steps with LO <= t/T <= HI, the conditional row alone elsewhere "
                           "(default: the run's sample.guidance_interval, 0,1 = every step)."),

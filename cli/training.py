@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from piti_cli.options import device_option
+
 
 def common_train_options(func):
     @click.option("--out", type=click.Path(file_okay=False), default=None,
@@ -17,7 +19,7 @@ def common_train_options(func):
     @click.option("--overwrite", is_flag=True, help="Replace the run in --out.")
     @click.option("--data", type=click.Path(file_okay=False), default=None, help="Data set root (default: toy world).")
     @click.option("--skip-bad", is_flag=True, help="Skip bad image/condition pairs instead of stopping.")
-    @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+    @device_option()
     @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
                   help="Compute precision (default: train.dtype).")
     @click.option("--no-preview", is_flag=True, help="Do not write sample grids during training.")

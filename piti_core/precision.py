@@ -41,6 +41,35 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """``None`` (cuda when available, else cpu) or a torch device string -> a usable ``torch.device``.
+
+    A malformed name (``banana``) or an accelerator this machine lacks (``cuda`` without CUDA) is a
+    :class:`~piti_core.errors.UsageError` naming what is available.
+    """
+    from piti_core.errors import UsageError
+
+    if name is None or str(name).strip() == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(str(name).strip())
+    except (RuntimeError, ValueError):
+        raise UsageError(f"device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {name!r}: CUDA is not available on this machine; use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UsageError(f"device {name!r}: MPS is not available on this machine; use cpu")
+    elif device.type != "cpu":
+        raise UsageError(f"device {name!r}: piti runs on cpu, cuda or mps devices")
+    return device
+
+
 def resolve_dtype(name: str, device: torch.device | str) -> torch.dtype:
     """``auto|fp32|bf16|fp16`` -> the compute dtype to use on ``device``."""
     device = torch.device(device)

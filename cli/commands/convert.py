@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from piti_cli.options import config_options, task_option
+from piti_cli.options import config_options, seed_option, task_option
 
 
 @click.command("convert")
@@ -21,7 +21,7 @@ from piti_cli.options import config_options, task_option
 @click.option("--cond-channels", type=click.IntRange(min=1), default=None,
               help="Condition channels (default: the task's). With official PITI files they are read from "
                    "the weights and checked against this.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the new task encoder (--glide).")
+@seed_option(0, help="Seed of the new task encoder (--glide).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print run.json on stdout instead of the path.")
 @config_options

@@ -16,6 +16,8 @@ import json
 
 import click
 
+from piti_cli.options import device_option, seed_option
+
 
 @click.group("data")
 def command() -> None:
@@ -26,7 +28,7 @@ def command() -> None:
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Folder to write.")
 @click.option("--n", "n", default=2000, show_default=True, type=click.IntRange(min=1), help="Number of samples.")
 @click.option("--size", default=256, show_default=True, type=click.IntRange(min=8), help="Resolution in pixels.")
-@click.option("--seed", default=0, show_default=True, type=int, help="World seed (same seed, same world).")
+@seed_option(0, help="World seed (same seed, same world).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty folder.")
 def toyworld(out: str, n: int, size: int, seed: int, overwrite: bool) -> None:
     """Render the procedural toy world as paired folders (images, labels, edges, depth, normals, captions)."""
@@ -102,14 +104,13 @@ def check(root: str, fmt: str, val_fraction: float, as_json: bool, skip_bad: boo
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=3e-3, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Peak learning rate.")
-@click.option("--init-seed", default=0, show_default=True, type=int,
-              help="Seed of the weights, shuffling and augmentation.")
+@seed_option(0, name="--init-seed", help="Seed of the weights, shuffling and augmentation.")
 @click.option("--eval-n", default=512, show_default=True, type=click.IntRange(min=1), help="Held-out renders to score.")
 @click.option("--eval-seed", default=777777, show_default=True, type=click.IntRange(min=0),
               help="World seed of the held-out renders (differs from --seed).")
 @click.option("--threads", default=0, show_default=True, type=click.IntRange(min=0),
               help="torch CPU threads (0: default).")
-@click.option("--device", default="cpu", show_default=True, help="Torch device to train on.")
+@device_option(default="cpu")
 @click.option("--overwrite", is_flag=True, help="Replace the oracle files in a non-empty --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the training record (with held-out scores) as JSON.")
 def oracle(out: str, n: int, seed: int, steps: int, batch_size: int, lr: float, init_seed: int, eval_n: int,

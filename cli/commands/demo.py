@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from piti_cli.options import device_option
+
 DEFAULT_RUN_HINT = "piti train --task sketch"  # the README's main command; it writes runs/sketch-tiny
 
 
@@ -28,7 +30,7 @@ def default_run(root=None):
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback exposes the page to your network.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="Port (0: any free one).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@device_option()
 def command(run_dir, host, port, device) -> None:
     """Serve a local page: draw a sketch, paint a label map or upload a condition file, pick the guidance,
     sampler, steps and seed, and watch the base and upsampled images appear (one generation at a time)."""

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from piti_cli.options import sample_changes, sampling_options
+from piti_cli.options import device_option, sample_changes, sampling_options, seed_option
 
 
 @click.command("sample")
@@ -16,9 +16,9 @@ from piti_cli.options import sample_changes, sampling_options
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN/samples-out).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
 @sampling_options
-@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
+@seed_option()
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+@device_option()
 @click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", help="Compute precision.")
 @click.option("--compile", "use_compile", is_flag=True,
               help="torch.compile the decoders (the first batch compiles; see docs/compile.md).")
