@@ -1,7 +1,8 @@
 """Small file helpers: atomic writes and overwrite protection.
 
-Files are written to a temporary sibling and moved into place with :func:`os.replace`, so a crash
-never leaves a half-written checkpoint or config behind.
+Files are written to a temporary sibling, flushed to disk (``fsync``) and moved into place with
+:func:`os.replace`, and the folder's entry is flushed too, so neither a crash nor a power loss leaves a
+half-written or empty checkpoint or config behind.
 """
 
 from __future__ import annotations
@@ -14,8 +15,32 @@ from typing import Callable
 from piti_core.errors import UsageError
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a written file's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to the disk; a no-op where folders cannot
+    be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` then atomically move the temporary file to ``path``."""
+    """Call ``write(tmp_path)``, flush it to disk, then atomically move the temporary file to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -25,7 +50,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
+        fsync_file(Path(tmp))
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
