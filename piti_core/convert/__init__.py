@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
@@ -38,25 +39,70 @@ def _check_kind(kind: str) -> None:
         raise CheckpointError(f"unknown model kind '{kind}'; use one of: {', '.join(KINDS)}")
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format
+PICKLE_MAGIC = b"\x80"  # a binary pickle (torch.save's legacy format starts with one)
+
+
 def read_checkpoint(path) -> dict:
-    """Read a foreign ``.pt`` state dict (tensors only, ``weights_only=True``)."""
+    """Read a foreign ``.pt`` state dict: tensors only (``weights_only=True``), floating point, finite.
+
+    Every failure is a CheckpointError in one line that names the file and what is wrong; pickled
+    code is never run, and the message never suggests running it.
+    """
     import torch
+
+    from piti_core.models.build import check_weights
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    _check_magic(path)
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols are not for the user
+            warnings.simplefilter("ignore")
+            sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or pickled-object files
-        raise CheckpointError(f"{path} cannot be read as a plain PyTorch state dict: {exc}") from None
+        raise CheckpointError(f"{path}: {_load_failure(exc)}") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(isinstance(k, str) for k in sd):
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path}: entry '{bad[0]}' is not a tensor; expected a plain state dict")
+        raise CheckpointError(f"{path}: entry '{bad[0]}' is not a tensor ({type(sd[bad[0]]).__name__}); "
+                              "expected a plain state dict")
+    check_weights(sd, str(path))
     return sd
+
+
+def _check_magic(path: Path) -> None:
+    """CheckpointError unless ``path`` starts like a file torch.save writes (a zip or a binary pickle)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot be read ({exc.strerror})") from None
+    if not head:
+        raise CheckpointError(f"{path}: empty file; convert the released .pt files")
+    if not (head.startswith(ZIP_MAGIC) or head.startswith(PICKLE_MAGIC)):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (a zip or pickle file); convert the released "
+                              ".pt files")
+
+
+def _load_failure(exc: Exception) -> str:
+    """What a failed ``torch.load(weights_only=True)`` means, in words for the user (one line)."""
+    import pickle
+    import re
+
+    text = str(exc)
+    if "weights only load failed" in text.lower() or isinstance(exc, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f" ({found.group(1)})" if found else ""
+        return (f"contains objects other than tensors{what}, which piti does not load (it never runs pickled "
+                "code); convert a file that holds only tensors, such as the released .pt files")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    first = first.split(". ")[0].rstrip(".")[:160]
+    return f"damaged or truncated PyTorch checkpoint ({first}); download it again"
 
 
 def official_config(sds: Mapping[str, Mapping[str, Any]], task: str = "", head_channels: int = HEAD_CHANNELS,
@@ -172,7 +218,8 @@ def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=Non
     training, sampling, task sections); the model sizes come from the weights.
     ``cond_channels``: with ``glide`` the channels of the new task encoder (required); otherwise, when
     given, the channels the checkpoints must take (a mismatch means the wrong task). ``callback``
-    receives ``{"stage": "read"|"convert"|"write", "model": name}`` dicts.
+    receives ``{"stage": "read"|"convert"|"write", "model": name}`` dicts ("read" once a file is read and
+    checked, so a bad file fails before any status).
     """
     from piti_core.io import check_writable
     from piti_core.runs import save_run
@@ -188,8 +235,8 @@ def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=Non
     models = {}
     sds = {}
     for kind, path in paths.items():
-        notify({"stage": "read", "model": kind})
         sd = read_checkpoint(path)
+        notify({"stage": "read", "model": kind})
         sds[kind] = glide_to_piti_keys(sd) if glide else sd
     if glide:
         cfg, _ = official_config(sds, task, defaults=config)

@@ -106,11 +106,32 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def check_weights(state_dict, where: str = "checkpoint") -> None:
+    """CheckpointError unless every tensor is floating point and finite; names the first bad key.
+
+    One ``isfinite`` pass per tensor: loading corrupt weights would otherwise sample noise and
+    report success.
+    """
+    from piti_core.errors import CheckpointError
+
+    not_float = [k for k, v in state_dict.items() if not v.is_floating_point()]
+    if not_float:
+        key = not_float[0]
+        more = f" (and {len(not_float) - 1} more)" if len(not_float) > 1 else ""
+        dtype = str(state_dict[key].dtype).replace("torch.", "")
+        raise CheckpointError(f"{where}: tensor '{key}' has dtype {dtype}{more}; model weights are floating "
+                              "point, so this is not a weight file for this model")
+    for key, value in state_dict.items():
+        if not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{where}: tensor '{key}' holds NaN or infinite values; the weights are "
+                                  "corrupt (a diverged or damaged run): use another checkpoint")
+
+
 def load_weights(model: nn.Module, state_dict, where: str = "checkpoint", assign: bool = False) -> nn.Module:
     """Load ``state_dict`` strictly, raising CheckpointError that names the key and both shapes.
 
-    ``assign=True`` makes the model's parameters the given tensors (no copy), for models built on the
-    meta device.
+    Every tensor must be floating point and finite (:func:`check_weights`). ``assign=True`` makes the
+    model's parameters the given tensors (no copy), for models built on the meta device.
     """
     from piti_core.errors import CheckpointError
 
@@ -125,6 +146,7 @@ def load_weights(model: nn.Module, state_dict, where: str = "checkpoint", assign
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise CheckpointError(f"{where}: missing keys {', '.join(missing[:3])}{more}")
+    check_weights({k: v for k, v in state_dict.items() if expected[k].is_floating_point()}, where)
     model.load_state_dict(state_dict, strict=True, assign=assign)
     if assign:  # assigned tensors keep their own layout; restore channels_last where configured
         for module in model.modules():
