@@ -44,6 +44,17 @@ def _debug(ctx: click.Context | None) -> bool:
     return bool(root is not None and root.params.get("verbose"))
 
 
+def load_plugin_modules(ctx: click.Context) -> None:
+    """Import the ``-p`` modules once: a broken one is a warning line (PluginError when strict)."""
+    modules = ctx.find_root().params.get("plugin_modules") or ()
+    if modules:
+        from piti_core.plugins import get_plugin_manager
+
+        host = get_plugin_manager()
+        for module in modules:
+            host.load_module(module)
+
+
 class PitiClickError(click.ClickException):
     """A PitiError rendered by click as ``Error: <one line>`` with the error's exit code."""
 
@@ -58,11 +69,8 @@ class PitiGroup(click.Group):
     def _plugin_commands(self, ctx: click.Context) -> None:
         from piti_core.plugins import get_plugin_manager
 
-        host = get_plugin_manager()
-        root = ctx.find_root()
-        for module in root.params.get("plugin_modules") or ():
-            host.load_module(module)
-        host.add_commands(self, reserved=BUILTIN_COMMANDS)
+        load_plugin_modules(ctx)
+        get_plugin_manager().add_commands(self, reserved=BUILTIN_COMMANDS)
 
     def list_commands(self, ctx):
         self._plugin_commands(ctx)
@@ -135,6 +143,7 @@ def cli(verbose: bool, plugin_modules: tuple[str, ...]) -> None:
     from piti_cli.ui import setup_logging
 
     setup_logging(verbose)
+    load_plugin_modules(click.get_current_context())  # every command reports a broken -p module
 
 
 def main() -> None:

@@ -165,10 +165,15 @@ class PluginHost:
         self.records[module_name] = record
         try:
             obj = importlib.import_module(module_name)
-        except Exception as exc:
+        except Exception as exc:  # SyntaxError included: a broken module must not take the CLI down
             self._fail(record, f"import failed: {type(exc).__name__}: {exc}", exc)
             return record
         self._register(obj, record)
+        if record.status == "ok" and not self.pm.get_hookcallers(self.pm.get_plugin(record.name)):
+            self.pm.unregister(name=record.name)
+            self._fail(record, f"{getattr(obj, '__file__', None) or module_name} defines no piti hooks (functions "
+                               "marked @hookimpl: register_tasks, register_samplers, register_metrics, "
+                               "register_commands); check the module name")
         return record
 
     def add_plugin(self, obj: Any, name: str, distribution: str | None = None) -> PluginRecord:
@@ -220,6 +225,7 @@ class PluginHost:
         return self.pm.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
 
     def _fail(self, record: PluginRecord, message: str, exc: BaseException | None = None) -> None:
+        message = " ".join(part.strip() for part in message.splitlines() if part.strip())  # one line
         record.status, record.message = "error", message
         if strict_mode():
             raise PluginError(f"{record.label}: {message}") from exc

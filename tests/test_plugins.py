@@ -156,6 +156,24 @@ def test_load_module_option(piti_host):
     assert missing.status == "error"
 
 
+def test_load_module_without_hooks_or_with_a_multiline_error_fails_in_one_line(piti_host, caplog, tmp_path,
+                                                                               monkeypatch):
+    _module("piti_test_no_hooks", "def register_tasks(register):\n    pass\n")  # not marked @hookimpl
+    (tmp_path / "piti_test_two_lines.py").write_text("raise RuntimeError('first line\\nsecond line')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="piti"):
+        rec = piti_host.load_module("piti_test_no_hooks")
+        assert rec.status == "error" and "defines no piti hooks" in rec.message
+        assert not piti_host.pm.has_plugin("piti_test_no_hooks")
+        rec = piti_host.load_module("piti_test_two_lines")
+    assert rec.status == "error" and rec.message.endswith("first line second line")
+    assert len(caplog.records) == 2 and all("\n" not in r.getMessage() for r in caplog.records)
+    monkeypatch.setenv("PITI_STRICT_PLUGINS", "1")
+    _module("piti_test_no_hooks_strict", "VALUE = 1\n")
+    with pytest.raises(PluginError, match="defines no piti hooks"):
+        piti_host.load_module("piti_test_no_hooks_strict")
+
+
 def test_unknown_task_lists_valid_ones(piti_host):
     piti_host.add_plugin(_module("piti_test_lookup"), "lookup")
     with pytest.raises(Exception, match="unknown task 'nope'; valid tasks: good"):
