@@ -16,6 +16,7 @@ Layouts (see docs/datasets.md for the trees)::
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 from dataclasses import dataclass, field
@@ -195,19 +196,35 @@ def _depth_spec(path: Path, depth) -> DepthSpec:
 
 
 def _read_captions(path: Path, problems: list[Problem]) -> dict[str, str]:
+    """stem -> caption from ``captions.jsonl``; each bad line (not UTF-8, not an object with a stem and a
+    caption, a stem given twice) is a problem naming ``file:line`` and is left out."""
     captions: dict[str, str] = {}
     if not path.is_file():
         return captions
-    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    first_line: dict[str, int] = {}
+    for lineno, raw in enumerate(path.read_bytes().removeprefix(codecs.BOM_UTF8).splitlines(), 1):
+        where = Path(f"{path}:{lineno}")
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(Problem(where, f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                           "save the file as UTF-8"))
+            continue
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-            stem = rec.get("stem") or Path(rec["image"]).stem
-            captions[str(stem)] = str(rec["caption"])
+            stem = str(rec.get("stem") or Path(rec["image"]).stem)
+            caption = str(rec["caption"])
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
-            problems.append(Problem(Path(f"{path}:{lineno}"), 'expected {"stem": ..., "caption": ...} on each line; '
-                                                              "fix this line"))
+            problems.append(Problem(where, 'expected {"stem": ..., "caption": ...} on each line; fix this line'))
+            continue
+        if stem in first_line:
+            problems.append(Problem(where, f"stem '{stem}' already has a caption on line {first_line[stem]}; "
+                                           "keep one line per stem"))
+            continue
+        first_line[stem] = lineno
+        captions[stem] = caption
     return captions
 
 

@@ -193,6 +193,23 @@ def test_orphans_duplicates_lossy_labels_and_caption_lines(tmp_path):
     assert sorted(p.stem for p in ds.skipped) == ["s002", "s003"]  # orphans do not break a training run
 
 
+def test_caption_lines_duplicate_or_not_utf8_keep_the_first_good_caption(tmp_path):
+    from piti_core.data.index import build_index
+
+    root = write_folder(tmp_path / "ds", n=3, kinds=("labels",))
+    with open(root / "captions.jsonl", "ab") as f:
+        f.write(b'{"stem": "s000", "caption": "a second caption"}\n')
+        f.write(b'{"stem": "s001", "caption": "caf\xe9"}\n')
+        f.write('{"stem": "s009", "caption": "line\u2028separator"}\n'.encode())  # one line, not two
+    index = build_index(root)
+    problems = {str(p.file): p.message for p in index.problems}
+    assert set(problems) == {f"{root / 'captions.jsonl'}:4", f"{root / 'captions.jsonl'}:5"}
+    assert "already has a caption on line 1" in problems[f"{root / 'captions.jsonl'}:4"]
+    assert "not valid UTF-8 (byte 0xe9 at column 33)" in problems[f"{root / 'captions.jsonl'}:5"]
+    captions = {s.stem: s.caption for s in index.samples}
+    assert captions["s000"] == "picture 0" and captions["s001"] == "picture 1"
+
+
 def test_colour_labels_with_palette(tmp_path):
     palette = [[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]
     root = write_folder(tmp_path / "ds", meta={"palette": palette, "ignore_color": [255, 255, 255]})
