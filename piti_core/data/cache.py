@@ -46,6 +46,26 @@ def piti_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", "").strip() or Path.home() / ".cache") / "piti"
 
 
+def writable_home_dir(path: Path) -> Path:
+    """Create the folder ``path`` (inside :func:`piti_home`) and check that piti can write there.
+
+    A DataError names PITI_HOME and the folder when it cannot be made or written (PITI_HOME is a
+    file, lies under one, or is read-only), before any work that would write there.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        reason = None if os.access(path, os.W_OK | os.X_OK) else "no write permission"
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    if reason is not None:
+        home = piti_home()
+        name = f"PITI_HOME={home}" if os.environ.get("PITI_HOME", "").strip() else f"PITI_HOME (unset: {home})"
+        raise DataError(f"{name} is not a folder piti can write: cannot write to {path} ({reason}); set PITI_HOME "
+                        "to a writable folder (piti keeps its caches and the built-in toy world there)")
+    return path
+
+
 # ------------------------------------------------------------------------------------ registry
 
 
@@ -199,6 +219,7 @@ def cached_conditions(index, name: str, fn: Callable[..., np.ndarray], version: 
             "root": str(Path(index.root).resolve()), "files": files}, indent=1, sort_keys=True) + "\n")
 
     result = CachedConditions(directory, {})
+    writable = False  # checked once, before the first write
     total = len(index.samples)
     dirty = 0
     for done, sample in enumerate(index.samples, 1):
@@ -215,6 +236,9 @@ def cached_conditions(index, name: str, fn: Callable[..., np.ndarray], version: 
             result.reused += 1
             result.paths[sample.stem] = out
         else:
+            if not writable:
+                writable_home_dir(directory)
+                writable = True
             try:
                 arr = np.asarray(fn(_read_source(source, sample, index.meta), **params))
             except DataError as exc:
@@ -235,6 +259,7 @@ def cached_conditions(index, name: str, fn: Callable[..., np.ndarray], version: 
             callback({"event": "preprocess", "name": name, "done": done, "total": total,
                       "built": result.built, "reused": result.reused})
     if dirty or not manifest_path.is_file():
+        writable_home_dir(directory)
         save()
     return result
 

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from piti_core.data.cache import piti_home
+from piti_core.data.cache import piti_home, writable_home_dir
 from piti_core.errors import DataError
 
 log = logging.getLogger("piti")
@@ -48,6 +48,7 @@ def ensure_toyworld(size: int, n: int, seed: int, *, callback: Callable[[dict], 
         _say(callback, f"no data set given: using the built-in toy world ({n} samples, {size} px, seed {seed}) "
                        f"at {final}", final)
         return final
+    writable_home_dir(final.parent)  # a clean error before any status line or rendering
     _say(callback, f"no data set given: rendering the built-in toy world ({n} samples, {size} px, seed {seed}) "
                    f"once into {final}", final)
     try:
@@ -55,7 +56,6 @@ def ensure_toyworld(size: int, n: int, seed: int, *, callback: Callable[[dict], 
     except ImportError as exc:
         raise DataError(f"the built-in toy world is unavailable ({exc}); pass a data set with --set data.root=DIR"
                         ) from None
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         def progress(done: int, total: int) -> None:
@@ -76,6 +76,18 @@ def ensure_toyworld(size: int, n: int, seed: int, *, callback: Callable[[dict], 
 def preset_resolution(cfg) -> int:
     """The largest image or condition size of a :class:`~piti_core.config.PitiConfig`."""
     return max(cfg.model.image_size, cfg.upsampler.image_size, cfg.encoder.cond_size)
+
+
+def check_default_data(cfg) -> None:
+    """Raise DataError now when ``cfg`` needs the toy world rendered and PITI_HOME cannot hold it.
+
+    For commands to call before their first status line; rendering itself checks again.
+    """
+    if cfg.data.root:
+        return
+    final = toyworld_dir(preset_resolution(cfg), cfg.data.toyworld_samples, cfg.data.toyworld_seed)
+    if not (final / "dataset.json").is_file():
+        writable_home_dir(final.parent)
 
 
 def default_dataset_root(cfg, *, callback: Callable[[dict], None] | None = None) -> Path:

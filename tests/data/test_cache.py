@@ -192,3 +192,21 @@ def test_normals_from_depth_match_the_toy_world(tmp_path):
         errors.append(np.degrees(np.arccos(np.clip((est * truth).sum(-1)[both], -1, 1))))
     errors = np.concatenate(errors)
     assert np.median(errors) < 3 and (errors < 15).mean() > 0.85
+
+
+@pytest.mark.parametrize("home_kind", ["file", "under-a-file", "read-only"])
+def test_unusable_piti_home_fails_before_preprocessing(home_kind, tmp_path, monkeypatch):
+    from piti_core.data import cache
+
+    root = write_folder(tmp_path / "ds", n=2, kinds=("labels",))
+    index = build_index(root)
+    (tmp_path / "afile").write_text("not a folder\n")
+    home = {"file": tmp_path / "afile", "under-a-file": tmp_path / "afile" / "home"}.get(home_kind, tmp_path / "ro")
+    monkeypatch.setenv("PITI_HOME", str(home))
+    if home_kind == "read-only":  # a read-only folder, also when the tests run as root
+        monkeypatch.setattr(cache.os, "access", lambda path, mode: False)
+    fn = Counting()
+    with pytest.raises(DataError, match=rf"PITI_HOME={home} is not a folder piti can write") as info:
+        cached_conditions(index, "mean-threshold", fn, "1", {"threshold": 100})
+    assert "internal" not in str(info.value) and fn.calls == 0
+    assert (tmp_path / "afile").read_text() == "not a folder\n"

@@ -93,3 +93,22 @@ def test_default_dataset_is_atomic(_piti_home, monkeypatch):
         default_mod.ensure_toyworld(32, 5, 0)
     assert not toyworld_dir(32, 5, 0).exists()
     assert list(toyworld_dir(32, 5, 0).parent.iterdir()) == []  # temp folder removed too
+
+
+def test_default_data_needs_a_writable_piti_home_only_to_render(_piti_home, tmp_path, monkeypatch):
+    from piti_core.data import cache
+    from piti_core.errors import DataError
+
+    cfg = resolve_config("tiny", overrides=["data.toyworld_samples=2", "data.toyworld_seed=4"])
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setenv("PITI_HOME", str(tmp_path / "afile"))
+    with pytest.raises(DataError, match=r"PITI_HOME=.*afile is not a folder piti can write"):
+        default_mod.check_default_data(cfg)
+    with pytest.raises(DataError, match=r"PITI_HOME=.*afile is not a folder piti can write"):
+        default_dataset_root(cfg)
+    monkeypatch.setenv("PITI_HOME", str(_piti_home))
+    root = default_dataset_root(cfg)
+    monkeypatch.setattr(cache.os, "access", lambda path, mode: False)  # now read-only: the cached world still serves
+    default_mod.check_default_data(cfg)
+    assert default_dataset_root(cfg) == root
+    default_mod.check_default_data(attrs.evolve(cfg, data=attrs.evolve(cfg.data, root="/x/y")))  # given data: no check
