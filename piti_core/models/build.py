@@ -130,8 +130,9 @@ def check_weights(state_dict, where: str = "checkpoint") -> None:
 def load_weights(model: nn.Module, state_dict, where: str = "checkpoint", assign: bool = False) -> nn.Module:
     """Load ``state_dict`` strictly, raising CheckpointError that names the key and both shapes.
 
-    Every tensor must be floating point and finite (:func:`check_weights`). ``assign=True`` makes the
-    model's parameters the given tensors (no copy), for models built on the meta device.
+    Where the model holds a floating-point tensor the given one must be floating point and finite
+    (:func:`check_weights`). ``assign=True`` makes the model's parameters the given tensors (no copy),
+    for models built on the meta device.
     """
     from piti_core.errors import CheckpointError
 
