@@ -3,7 +3,8 @@
 Writes into the output folder, for every input ``<stem>``: ``<stem>.png`` (the final image, upsampled
 when the run has an upsampler), ``<stem>_base.png`` (the base model's sample) and
 ``<stem>_condition.png`` (what the task made of the input); plus ``grid.png`` (condition | base |
-final per row) and ``settings.json`` with everything needed to make the same images again.
+final per row) and ``settings.json`` with everything needed to make the same images again, and the
+list of the files written (``files``): a later ``--overwrite`` removes exactly those.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import attrs
 import torch
 
-from piti_core.errors import DataError, UsageError
+from piti_core.errors import CheckpointError, DataError
 from piti_core.host_memory import keep_freed_memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
@@ -67,7 +68,7 @@ def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False
     task = host.task(meta.get("task") or "")
     names = [n for n in ("base", "upsampler") if n in meta["models"]]
     if "base" not in names:
-        raise UsageError(f"{run_dir} has no base model (models: {', '.join(meta['models'])}); "
+        raise CheckpointError(f"{run_dir} has no base model (models: {', '.join(meta['models'])}); "
                          f"{verb} a run made by `piti train` or `piti convert`")
     device = torch.device(device)
     compute = resolve_dtype(dtype, device)
@@ -92,19 +93,70 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
     ``settings`` is a :class:`piti_core.config.SampleConfig` (the run's ``sample`` section with the
     command line's changes); the run's own config supplies everything else. ``compile`` runs the
     decoders through torch.compile (:func:`piti_core.compile.compile_model`, docs/compile.md).
+
+    The output folder follows :class:`piti_core.io.OutputFolder`: it may not hold an input file, an
+    existing file is replaced only when an earlier ``piti sample`` listed it in its settings.json (and
+    ``overwrite``), and nothing is written unless every image was sampled.
     """
-    from piti_core.io import check_writable
-    from piti_core.sampling import save_grid
+    from piti_core.io import OutputFolder
 
     out_dir = Path(out_dir)
-    check_writable(out_dir, overwrite)
+    stems = _unique_stems(inputs)
+    folder = OutputFolder(out_dir, owned=earlier_sample_outputs(out_dir), overwrite=overwrite, inputs=inputs,
+                          command="piti sample")
+    folder.claim([*(name for stem in stems for name in output_names(stem).values()), "grid.png", SETTINGS_JSON])
     run, task, names, compute = load_cascade(run_dir, settings, device=device, dtype=dtype, compile=compile,
                                              verb="sample")
     device = torch.device(device)
     cfg = attrs.evolve(run.config, sample=settings)
     conds = [task.preprocess(p, cfg) for p in inputs]  # bad inputs fail here, before any sampling
-    stems = _unique_stems(inputs)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with folder:
+        written = _sample_into(folder.stage, out_dir, run, task, conds, inputs, stems, cfg, device=device,
+                               compute=compute, callback=callback)
+        record = {"format": SAMPLE_FORMAT, "run": str(Path(run_dir)), "task": task.name, "models": names,
+                  "settings": {**attrs.asdict(settings), "device": str(device), "dtype": dtype, "compile": compile},
+                  "outputs": written, "files": sorted(p.name for p in folder.stage.iterdir()) + [SETTINGS_JSON]}
+        from piti_core.io import atomic_write_text
+
+        atomic_write_text(folder.stage / SETTINGS_JSON, json.dumps(record, indent=2) + "\n")
+    return {"out": str(out_dir), "grid": str(out_dir / "grid.png"), "outputs": written}
+
+
+SAMPLE_FORMAT = "piti-sample/1"
+SETTINGS_JSON = "settings.json"
+
+
+def output_names(stem: str) -> dict[str, str]:
+    """The files ``piti sample`` writes for one input: final image, base sample, condition picture."""
+    return {"image": f"{stem}.png", "base": f"{stem}_base.png", "condition": f"{stem}_condition.png"}
+
+
+def earlier_sample_outputs(out_dir: Path) -> set[str]:
+    """The files an earlier ``piti sample`` wrote into ``out_dir``, from its settings.json (empty when
+    there is none, or when settings.json is not a piti sample record)."""
+    path = Path(out_dir) / SETTINGS_JSON
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    legacy = isinstance(record, dict) and {"run", "task", "settings", "outputs"} <= set(record)
+    if not isinstance(record, dict) or not (record.get("format") == SAMPLE_FORMAT or legacy):
+        return set()
+    names = record.get("files")
+    if not isinstance(names, list):  # written before settings.json listed its files: the outputs' names
+        outputs = record.get("outputs") if isinstance(record.get("outputs"), list) else []
+        names = [Path(v).name for o in outputs if isinstance(o, dict) for k, v in o.items()
+                 if k != "input" and isinstance(v, str)]
+    plain = {n for n in names if isinstance(n, str) and n and "/" not in n and "\\" not in n and n not in (".", "..")}
+    return plain | {"grid.png", SETTINGS_JSON}
+
+
+def _sample_into(stage: Path, out_dir: Path, run, task, conds, inputs, stems, cfg, *, device, compute,
+                 callback) -> list[dict]:
+    """Sample ``conds`` in batches and write every image into ``stage``; returns the outputs' final paths."""
+    from piti_core.sampling import save_grid
+
+    settings = cfg.sample
     gen = torch.Generator(device=device).manual_seed(settings.seed)
     rows, written = [], []
     total = len(inputs)
@@ -114,24 +166,16 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
         base, final = sample_cascade(run, task, cond, cfg, generator=gen, dtype=compute, callback=callback,
                                      label=batch)
         for i in range(cond.shape[0]):
-            stem = stems[start + i]
+            names = output_names(stems[start + i])
             vis = task.visualize(cond[i].float().cpu(), cfg)
             image, base_image = ((t[i].float().cpu() + 1) / 2 for t in (final, base))
-            files = {"image": out_dir / f"{stem}.png", "base": out_dir / f"{stem}_base.png",
-                     "condition": out_dir / f"{stem}_condition.png"}
-            save_png(files["image"], image)
-            save_png(files["base"], base_image)
-            save_png(files["condition"], vis)
+            save_png(stage / names["image"], image)
+            save_png(stage / names["base"], base_image)
+            save_png(stage / names["condition"], vis)
             rows.append([vis, base_image, image])
-            written.append({"input": str(inputs[start + i]), **{k: str(v) for k, v in files.items()}})
-    save_grid(out_dir / "grid.png", rows)
-    record = {"run": str(Path(run_dir)), "task": task.name, "models": names,
-              "settings": {**attrs.asdict(settings), "device": str(device), "dtype": dtype, "compile": compile},
-              "outputs": written}
-    from piti_core.io import atomic_write_text
-
-    atomic_write_text(out_dir / "settings.json", json.dumps(record, indent=2) + "\n")
-    return {"out": str(out_dir), "grid": str(out_dir / "grid.png"), "outputs": written}
+            written.append({"input": str(inputs[start + i]), **{k: str(out_dir / v) for k, v in names.items()}})
+    save_grid(stage / "grid.png", rows)
+    return written
 
 
 def sample_cascade(run, task, cond: torch.Tensor, cfg, *, generator: torch.Generator, dtype,
@@ -148,11 +192,23 @@ def sample_cascade(run, task, cond: torch.Tensor, cfg, *, generator: torch.Gener
 
     base = sample_base(run.models["base"], cond, task.null_condition(cond), cfg, generator=generator,
                        callback=_stage(callback, "base", label), dtype=dtype)
+    check_finite(base, run, "base", dtype)
     final = base
     if "upsampler" in run.models:
         final = sample_upsampler(run.models["upsampler"], base, cond, cfg, generator=generator,
                                  callback=_stage(callback, "upsampler", label), dtype=dtype)
+        check_finite(final, run, "upsampler", dtype)
     return base, final
+
+
+def check_finite(samples: torch.Tensor, run, model: str, dtype) -> None:
+    """Raise a CheckpointError naming the run when ``model``'s samples hold NaN or inf: a wrong image
+    is never written as a result."""
+    if bool(torch.isfinite(samples).all()):
+        return
+    hint = " or sample with --dtype fp32" if dtype not in (torch.float32, "fp32") else ""
+    raise CheckpointError(f"{run.path}: the {model} model produced non-finite (NaN/inf) samples; its weights are "
+                          f"damaged or diverged: re-create the run with `piti train` or `piti convert`{hint}")
 
 
 def _stage(callback, name: str, batch: str):

@@ -68,9 +68,13 @@ def save_run(run_dir, config, models: Mapping[str, Any], *, task: str, cond_chan
 
 
 def read_run_meta(run_dir) -> dict:
-    """The validated ``run.json`` of ``run_dir``."""
+    """The validated ``run.json`` of ``run_dir``: a piti run file whose model files are plain paths
+    inside ``run_dir``."""
     path = Path(run_dir) / RUN_JSON
     if not path.is_file():
+        if _is_unfinished_training(Path(run_dir)):
+            raise CheckpointError(f"{run_dir} is an unfinished training run (no {RUN_JSON} yet); finish it with "
+                                  f"`{_resume_command(Path(run_dir))}`, then use it")
         raise CheckpointError(f"{run_dir} is not a piti run directory (no {RUN_JSON}); "
                               "create one with `piti convert` or `piti train`")
     try:
@@ -83,7 +87,74 @@ def read_run_meta(run_dir) -> dict:
         raise CheckpointError(f"{path} has run format version {meta.get('version')}; this piti reads version {RUN_VERSION}")
     if not isinstance(meta.get("models"), dict):
         raise CheckpointError(f"{path} has no 'models' table")
+    for name, file in meta["models"].items():
+        _check_model_file(path, name, file)
     return meta
+
+
+def _check_model_file(path: Path, name: str, file) -> None:
+    """Refuse a model path that is not a plain relative path inside the run directory (``../x``, ``/x``)."""
+    from piti_core.io import relative_name
+
+    if not isinstance(file, str) or not file.strip():
+        raise CheckpointError(f"{path}: model '{name}' must be a file name inside the run directory, got {file!r}")
+    if relative_name(file) is None:
+        raise CheckpointError(f"{path}: model '{name}' points at {file!r}, outside the run directory; a run's "
+                              "model files must lie inside it (re-create the run with `piti convert` or `piti train`)")
+
+
+def _is_unfinished_training(run_dir: Path) -> bool:
+    """A training run directory without run.json: config.json and checkpoints or progress, no result yet."""
+    marks = ("checkpoints", "progress.json", "stages", "metrics.jsonl")
+    return (run_dir / CONFIG_JSON).is_file() and any((run_dir / m).exists() for m in marks)
+
+
+def _resume_command(run_dir: Path) -> str:
+    """The command that continues an unfinished training run: ``piti pretrain`` for a prior (its stages
+    are named ``prior-*``), else ``piti train --task T``."""
+    if any(name.startswith("prior-") for name in _stage_names(run_dir)):
+        return f"piti pretrain --out {run_dir} --resume"
+    task = _json_file(run_dir / CONFIG_JSON).get("task")
+    task = task if isinstance(task, str) and task else "<its task>"
+    return f"piti train --task {task} --out {run_dir} --resume"
+
+
+def _stage_names(run_dir: Path) -> list[str]:
+    """Stage names a training run directory mentions: finished stages, and the latest checkpoint's."""
+    names = [p.stem for p in (run_dir / "stages").glob("*.safetensors")]
+    done = _json_file(run_dir / "progress.json").get("done")
+    names += [d for d in done if isinstance(d, str)] if isinstance(done, list) else []
+    latest = _json_file(run_dir / "checkpoints" / "latest.json").get("checkpoint")
+    if isinstance(latest, str) and "/" not in latest and "\\" not in latest:
+        stage = _json_file(run_dir / "checkpoints" / latest / "trainer.json").get("stage")
+        names += [stage] if isinstance(stage, str) else []
+    return names
+
+
+def _json_file(path: Path) -> dict:
+    """A small JSON object file, or {} when it is missing or unreadable (used for hints only)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_run_config(run_dir, extra_sections: Optional[Mapping[str, type]] = None):
+    """The config of a run directory (its run.json checked first); a missing or broken config.json is a
+    :class:`CheckpointError` (exit 1), as every other flaw of a run directory."""
+    from piti_core.config import load_config
+    from piti_core.errors import ConfigError
+
+    read_run_meta(run_dir)
+    if extra_sections is None:
+        from piti_core.plugins import get_plugin_manager
+
+        extra_sections = get_plugin_manager().task_sections()
+    try:
+        return load_config(Path(run_dir) / CONFIG_JSON, extra_sections)
+    except ConfigError as exc:
+        raise CheckpointError(f"{Path(run_dir) / CONFIG_JSON} is damaged or from another piti: {exc}") from None
 
 
 def load_run(run_dir, names: Optional[Iterable[str]] = None, device="cpu",
@@ -98,16 +169,11 @@ def load_run(run_dir, names: Optional[Iterable[str]] = None, device="cpu",
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from piti_core.config import load_config
     from piti_core.models.build import build_model, load_weights
 
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
-    if extra_sections is None:  # task sections ([mask], [sketch] ...) of the installed task plugins
-        from piti_core.plugins import get_plugin_manager
-
-        extra_sections = get_plugin_manager().task_sections()
-    config = load_config(run_dir / CONFIG_JSON, extra_sections)
+    config = load_run_config(run_dir, extra_sections)  # default: the installed task plugins' sections
     wanted = list(meta["models"]) if names is None else list(names)
     models = {}
     for name in wanted:

@@ -102,7 +102,7 @@ def test_a_run_without_base_model_is_one_line_for_sample_and_eval(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / RUN_JSON).write_text(json.dumps({"format": RUN_FORMAT, "version": RUN_VERSION, "task": "sketch",
-                                            "models": {"upsampler": {}}}))
+                                            "models": {"upsampler": "upsampler.safetensors"}}))
     from piti_core.config import resolve_config, save_config
 
     save_config(resolve_config(preset="tiny"), run / "config.json")
@@ -110,5 +110,69 @@ def test_a_run_without_base_model_is_one_line_for_sample_and_eval(tmp_path):
     for args, verb in ((["sample", "--run", str(run), "--input", str(tmp_path / "s.png")], "sample"),
                        (["eval", "--run", str(run), "--no-fid"], "evaluate")):
         res = CliRunner().invoke(cli, args)
-        assert res.exit_code != 0 and "has no base model" in res.output and f"{verb} a run made" in res.output
+        assert res.exit_code == 1 and "has no base model" in res.output and f"{verb} a run made" in res.output
         assert "Traceback" not in res.output
+
+
+def test_overwrite_replaces_only_what_an_earlier_sample_wrote(run_dir, sketches, tmp_path):
+    out = tmp_path / "out"
+    assert _sample(run_dir, sketches, out).exit_code == 0
+    record = json.loads((out / "settings.json").read_text())
+    assert record["format"] == "piti-sample/1" and "s2_base.png" in record["files"]
+    (out / "notes.txt").write_text("mine")
+    (sketches / "s2.png").unlink()  # a smaller second run: s2's outputs are the earlier run's and go
+    res = _sample(run_dir, sketches, out, "--overwrite")
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(["notes.txt", "grid.png", "settings.json",
+                            *(f"s{i}{k}.png" for i in range(2) for k in ("", "_base", "_condition"))])
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_knows_settings_json_without_a_file_list(run_dir, sketches, tmp_path):
+    """A settings.json that lists only its outputs' paths still tells which files piti wrote."""
+    out = tmp_path / "out"
+    assert _sample(run_dir, sketches, out).exit_code == 0
+    record = json.loads((out / "settings.json").read_text())
+    del record["files"], record["format"]
+    (out / "settings.json").write_text(json.dumps(record))
+    res = _sample(run_dir, sketches, out, "--overwrite")
+    assert res.exit_code == 0, res.output
+
+
+def test_a_failure_leaves_no_partial_output(run_dir, sketches, tmp_path, monkeypatch):
+    from piti_core import generate
+
+    out = tmp_path / "out"
+    assert _sample(run_dir, sketches, out).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real, calls = generate.sample_cascade, []
+
+    def second_batch_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise generate.DataError("the second batch failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "sample_cascade", second_batch_fails)
+    res = _sample(run_dir, sketches, out, "--overwrite", "--seed", "9")
+    assert res.exit_code == 1 and "second batch" in res.output
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier outputs, untouched
+    calls.clear()
+    res = _sample(run_dir, sketches, tmp_path / "new" / "out")
+    assert res.exit_code == 1 and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("stage", ["sample_base", "sample_upsampler"])
+def test_non_finite_samples_are_an_error_naming_the_run(run_dir, sketches, tmp_path, monkeypatch, stage):
+    """NaN/inf samples (diverged weights, fp16 overflow) are never written as images."""
+    import torch
+
+    from piti_core import sampling
+
+    real = getattr(sampling, stage)
+    monkeypatch.setattr(sampling, stage, lambda *a, **k: real(*a, **k) * torch.tensor(float("nan")))
+    out = tmp_path / "out"
+    res = _sample(run_dir, sketches, out)
+    assert res.exit_code == 1 and str(run_dir) in res.stderr and "non-finite" in res.stderr
+    assert "Traceback" not in res.output and not out.exists()

@@ -19,7 +19,9 @@ from piti_cli.options import device_option, sample_changes, sampling_options, se
               help="Evaluate the first N validation images (default: all of them).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default RUN/eval/val-n<N>-<sampler><steps>-seed<S>).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Write into a non-empty output folder, replacing the files an earlier `piti eval` wrote there "
+                   "(listed in its metrics.json); other files are never replaced.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch.")
 @seed_option(help="Random seed (default: the run's sample.seed).")
 @sampling_options
@@ -49,27 +51,27 @@ def command(run_dir, data_root, n, out, overwrite, batch_size, seed, device, dty
     import torch
 
     from piti_cli.ui import err_console, warn
-    from piti_core.config import load_config
-    from piti_core.eval.evaluate import evaluate, write_results
-    from piti_core.io import check_writable
-    from piti_core.plugins import get_plugin_manager
-    from piti_core.runs import read_run_meta
+    from piti_core.eval.evaluate import earlier_eval_outputs, evaluate, write_results
+    from piti_core.io import OutputFolder
+    from piti_core.runs import load_run_config
 
-    read_run_meta(run_dir)  # a wrong folder fails here with one line, before anything else
-    cfg = load_config(Path(run_dir) / "config.json", get_plugin_manager().task_sections())
+    cfg = load_run_config(run_dir)  # a wrong or broken folder fails here with one line, before anything else
+    if n is not None and n < 2 and not no_fid:
+        raise click.BadParameter(f"FID/KID need at least 2 images, --n {n} gives {n}; pass --n 2 or more "
+                                 "(or --no-fid for the alignment metrics alone)", param_hint="'--n'")
     settings = attrs.evolve(cfg.sample, **sample_changes(sampling, seed=seed, batch_size=batch_size))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out) if out else Path(run_dir) / "eval" / (
         f"val-n{n or 'all'}-{settings.sampler}{settings.steps}-seed{settings.seed}")
-    check_writable(out_dir, overwrite)
-    if overwrite:  # the previous evaluation's sample PNGs go; other files in the folder are left alone
-        for old in sorted((out_dir / "samples").glob("*.png")):
-            old.unlink()
-    with _Progress(err_console, warn) as progress:
+    folder = OutputFolder(out_dir, owned=earlier_eval_outputs(out_dir), overwrite=overwrite, command="piti eval")
+    folder.claim(["metrics.json", "report.html"])
+    folder.claim_folder("samples")  # the sample names come with the data set: check the whole folder now
+    with _Progress(err_console, warn) as progress, folder:
         result = evaluate(run_dir, settings, data_root=data_root, n=n, device=device, dtype=dtype, fid=not no_fid,
-                          fid_weights=fid_weights, sample_dir=out_dir / "samples", grid_items=grid_items,
-                          callback=progress, compile=use_compile)
-    paths = write_results(out_dir, result)
+                          fid_weights=fid_weights, sample_dir=folder.stage / "samples", grid_items=grid_items,
+                          callback=progress, compile=use_compile, claim=folder.claim)
+        staged = write_results(folder.stage, result)
+    paths = {key: str(out_dir / Path(path).name) for key, path in staged.items()}
     if as_json:
         click.echo(json.dumps({**result.record, "files": paths}, indent=2))
         return

@@ -14,7 +14,9 @@ from piti_cli.options import device_option, sample_changes, sampling_options, se
               help="Run directory from `piti train` or `piti convert`.")
 @click.option("--input", "source", required=True, type=click.Path(), help="A condition file or a folder of them.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN/samples-out).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Write into a non-empty output folder, replacing the files an earlier `piti sample` wrote there "
+                   "(listed in its settings.json); other files are never replaced.")
 @sampling_options
 @seed_option()
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch.")
@@ -29,17 +31,15 @@ def command(run_dir, source, out, overwrite, seed, batch_size, device, dtype, us
     a grid and settings.json (the exact settings, to make the same images again)."""
     from pathlib import Path
 
+    import attrs
     import torch
 
     from piti_cli.ui import err_console
-    from piti_core.config import load_config
-    import attrs
-
     from piti_core.generate import list_inputs, sample_files
-    from piti_core.plugins import get_plugin_manager
+    from piti_core.runs import load_run_config
 
     inputs = list_inputs(source)
-    cfg = load_config(Path(run_dir) / "config.json", get_plugin_manager().task_sections())
+    cfg = load_run_config(run_dir)
     settings = attrs.evolve(cfg.sample, **sample_changes(sampling, seed=seed, batch_size=batch_size))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out) if out else Path(run_dir) / "samples-out"

@@ -2,10 +2,16 @@
 
 Arrays come back at the file's own resolution:
 
-* image   uint8 (H, W, 3) RGB (grayscale / palette / CMYK photos are converted; COCO has some)
+* image   uint8 (H, W, 3) RGB (grayscale / palette / CMYK / 1-bit / 16-bit files are converted; COCO has
+          some). Transparent pixels (an alpha channel, a transparent palette entry or tRNS colour) are
+          composited over white, as a viewer shows them: a drawing of black strokes on a transparent
+          canvas is black strokes on white, not a black page.
 * labels  int64 (H, W) class ids after the data set's mapping (ADE20K: raw 0 -> 255, raw k -> k-1);
           ids >= num_classes other than ``ignore_index`` are an error. Single-channel PNGs (L, P,
-          16-bit) hold ids; RGB PNGs are mapped through ``dataset.json`` "palette".
+          16-bit) hold ids; RGB PNGs are mapped through ``dataset.json`` "palette". Transparency never
+          invents a class: a palette PNG's transparent entry keeps its index (the index is the id), an
+          alpha channel that is fully opaque is dropped, and a label map with transparent pixels is an
+          error (a transparent pixel has no class to give).
 * edges   bool (H, W): single-channel, value >= 128 is an edge ("1"-mode PNGs work too)
 * depth   float32 (H, W) in metres, 0 where invalid, plus bool ``depth_valid``. Integer files (16-bit
           PNG/TIFF, int .npy) default to millimetres (scale 0.001); float files (.npy, float TIFF) to
@@ -14,11 +20,15 @@ Arrays come back at the file's own resolution:
 * normals float32 (H, W, 3) unit vectors in the camera frame (+x right, +y up, +z toward the camera),
           zero where invalid, plus bool ``normals_valid``. RGB PNGs store (n + 1) / 2 * 255.
 
+Every file's size is checked from its header before decoding: more than :data:`MAX_PIXELS` pixels
+(a decompression bomb: a few hundred KB of PNG that decodes to gigabytes) is a one-line error.
+
 Nothing here writes anywhere.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Mapping
 
@@ -29,7 +39,8 @@ from piti_core.data.records import DatasetMeta, Problem, Sample
 from piti_core.errors import DataError
 
 _INT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_IMAGE_MODES = ("RGB", "L", "P", "CMYK", "YCbCr", "RGBA", "LA", "PA", "I;16", "I")
+_IMAGE_MODES = ("RGB", "L", "P", "1", "CMYK", "YCbCr", "RGBA", "LA", "PA", *_INT_MODES)
+MAX_PIXELS = 8192 * 8192  # per file; far above any model input, far below what exhausts memory
 
 
 def _err(path: Path, message: str) -> DataError:
@@ -45,15 +56,35 @@ def problem_of(exc: DataError, file: Path, stem: str | None = None) -> Problem:
 
 
 def _open(path: Path) -> Image.Image:
-    """Open lazily (header only)."""
+    """Open lazily (header only), refusing more than :data:`MAX_PIXELS` pixels before any decoding."""
     try:
-        return Image.open(path)
+        with warnings.catch_warnings():  # PIL's own bomb warning: piti's bound below replaces it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise _err(path, f"has more than {MAX_PIXELS:,} pixels (piti's limit per file; a decompression bomb or "
+                         "a far too large picture); downscale it") from None
     except UnidentifiedImageError:
         raise _err(path, "not an image file PIL can read; replace it with a PNG/JPEG or remove it") from None
     except FileNotFoundError:
         raise _err(path, "file not found; it was listed but has gone (rerun after the copy finishes)") from None
     except OSError as exc:
         raise _err(path, f"cannot be read ({exc.strerror or exc}); check the file and its permissions") from None
+    try:
+        _check_pixels(path, *img.size)
+    except DataError:
+        img.close()
+        raise
+    return img
+
+
+def _check_pixels(path: Path, width: int, height: int) -> None:
+    """Refuse an empty picture or one over :data:`MAX_PIXELS` pixels (known from the header)."""
+    if width < 1 or height < 1:
+        raise _err(path, f"is {width}x{height}: an empty picture; re-export the file or remove it")
+    if width * height > MAX_PIXELS:
+        raise _err(path, f"is {width}x{height} = {width * height:,} pixels, over piti's limit of {MAX_PIXELS:,} "
+                         "pixels per file (a decompression bomb, or far larger than any model input); downscale it")
 
 
 def _load(path: Path, img: Image.Image) -> Image.Image:
@@ -73,6 +104,8 @@ def _check_mode(kind: str, path: Path, img: Image.Image, meta: DatasetMeta) -> N
     if kind == "image" and mode not in _IMAGE_MODES:
         raise _err(path, f"unsupported image mode {mode}; save the image as 8-bit RGB PNG/JPEG")
     if kind == "labels":
+        if mode in ("RGBA", "LA"):  # accepted when fully opaque; read_labels checks the alpha
+            mode, c = mode[:-1], c - 1
         if c == 3 and mode == "RGB" and meta.palette is None:
             raise _err(path, "has 3 channels (RGB) but labels must be one channel of class ids (mode L); convert "
                              "it, or give dataset.json a \"palette\" for colour label maps")
@@ -106,6 +139,13 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
 
 
 def _npy_hw(kind: str, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int]:
+    """(width, height) of a .npy condition from its header, checking its type, shape and size."""
+    w, h = _npy_shape_hw(kind, path, shape, dtype)
+    _check_pixels(path, w, h)
+    return w, h
+
+
+def _npy_shape_hw(kind: str, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int]:
     if dtype.kind not in "iuf":
         raise _err(path, f"holds {dtype} values; save a numeric array (float32) with numpy.save")
     if kind == "depth":
@@ -138,15 +178,31 @@ def probe(kind: str, path: Path, meta: DatasetMeta) -> tuple[int, int]:
 
 
 def read_image(path: Path) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of an image file, transparent pixels composited over white."""
     path = Path(path)
     with _open(path) as img:
         _check_mode("image", path, img, DatasetMeta())
         _load(path, img)
-        if img.mode in ("I;16", "I"):
+        if img.mode in _INT_MODES:
             arr = np.asarray(img, dtype=np.float64)
             arr = (255 * arr / max(arr.max(), 1)).astype(np.uint8)
             return np.repeat(arr[..., None], 3, axis=2)
+        return to_rgb(img)
+
+
+def has_transparency(img: Image.Image) -> bool:
+    """Whether a PIL image can show through: an alpha channel, or a transparent palette entry / colour."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of a PIL image as a viewer shows it on a white page: transparent and
+    half-transparent pixels composited over white (drawing apps export strokes on a transparent canvas)."""
+    if not has_transparency(img):
         return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
 
 
 _NOT_IN_PALETTE = 'is not in the dataset.json palette; fix the label map or add the colour (or "ignore_color")'
@@ -178,9 +234,10 @@ def read_labels(path: Path, meta: DatasetMeta, *, not_in_palette: str = _NOT_IN_
     with _open(path) as img:
         _check_mode("labels", path, img, meta)
         _load(path, img)
-        if img.mode == "RGB":
-            return map_colours(path, np.asarray(img), meta, not_in_palette=not_in_palette)
-        raw = np.asarray(img).astype(np.int64)
+        arr = opaque_labels(path, np.asarray(img), img.mode)
+        if arr.ndim == 3:
+            return map_colours(path, arr, meta, not_in_palette=not_in_palette)
+        raw = arr.astype(np.int64)
     if meta.label_lut is not None:
         lut = np.asarray(meta.label_lut, dtype=np.int64)
         bad = raw[(raw < 0) | (raw >= len(lut))]
@@ -197,6 +254,20 @@ def read_labels(path: Path, meta: DatasetMeta, *, not_in_palette: str = _NOT_IN_
             raise _err(path, f"class id {v} is outside the {meta.num_classes} classes (ids 0-{meta.num_classes - 1},"
                              f" ignore {meta.ignore_index}); {outside_classes}")
     return raw
+
+
+def opaque_labels(path: Path, arr: np.ndarray, mode: str) -> np.ndarray:
+    """A label array without its alpha channel (RGBA -> RGB, LA -> L), or an error naming ``path`` when a
+    pixel is transparent: compositing over a colour would invent a class. Other modes pass unchanged
+    (a palette PNG's transparent entry keeps its index: the index is the class id)."""
+    if mode not in ("RGBA", "LA"):
+        return arr
+    alpha = arr[..., -1]
+    if (alpha < 255).any():
+        n = int((alpha < 255).sum())
+        raise _err(path, f"has {n} transparent pixel(s); a label map gives every pixel a class: paint them with a "
+                         "class colour and save the file without transparency")
+    return arr[..., :3] if mode == "RGBA" else arr[..., 0]
 
 
 def read_edges(path: Path) -> np.ndarray:

@@ -56,21 +56,27 @@ class Evaluation:
 
 def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None = None, device: str = "cpu",
              dtype: str = "fp32", fid: bool = True, fid_weights: str | None = None, sample_dir: Path | None = None,
-             grid_items: int = 8, callback: Callback | None = None, compile: bool = False) -> Evaluation:
+             grid_items: int = 8, callback: Callback | None = None, compile: bool = False,
+             claim: Callable[[list[str]], None] | None = None) -> Evaluation:
     """Sample the first ``n`` (default all) validation items of the run's data set and score them.
 
     ``settings`` is the run's :class:`~piti_core.config.SampleConfig` with the caller's changes;
     ``data_root`` replaces the run's ``data.root`` (format detected). ``sample_dir`` receives one PNG
     per sample. ``fid_weights`` is passed to :func:`~piti_core.eval.inception.load_fid_inception`; when
-    it is None and the default weights are missing, FID/KID are reported as unavailable with a note.
+    it is None and the default weights are missing, FID/KID are reported as unavailable with a note;
+    named weights are loaded first, so a bad file fails before anything else. FID/KID (Inception and
+    oracle) need at least 2 images: with fewer they are skipped with a note.
     ``compile`` runs the decoders through torch.compile (:func:`piti_core.compile.compile_model`).
+    ``claim`` receives the sample files' paths relative to the output folder (``samples/<stem>.png``)
+    before any sampling (:meth:`piti_core.io.OutputFolder.claim`); the record lists them in ``files``.
     """
     from piti_core.generate import load_cascade, sample_cascade, save_png
 
     say = callback or (lambda event: None)
+    dev = torch.device(device)
+    inception, notes_fid = _inception(fid, fid_weights, dev)
     run, task, names, compute = load_cascade(run_dir, settings, device=device, dtype=dtype, compile=compile,
                                              verb="evaluate")
-    dev = torch.device(device)
     cfg = attrs.evolve(run.config, sample=settings)
     if data_root is not None:
         cfg = attrs.evolve(cfg, data=attrs.evolve(cfg.data, root=str(data_root), format="auto"))
@@ -85,11 +91,15 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
     toy = _is_toy_world(ds, cfg)
     resolution = sizes[-1]
     ref_key = reference_key(ds, total, resolution, cfg.data)
+    if claim is not None and sample_dir is not None:
+        claim(_sample_names(ds, total))
 
-    inception, notes_fid = _inception(fid, fid_weights, dev, total)
+    inception, notes_fid = _enough_images(inception, notes_fid, total)
     notes += notes_fid
     real_cached = _load_cached(ref_key) if inception is not None else None
-    oracle, note = _oracle(dev) if toy else (None, None)
+    oracle, note = _oracle(dev) if toy and total >= 2 else (None, None)
+    if toy and total < 2:
+        note = f"toy-world oracle FID/KID skipped: they need at least 2 images; n = {total}"
     if note:
         notes.append(note)
     feats: dict[str, list] = {"fake": [], "real": [], "oracle_fake": [], "oracle_real": []}  # (B, D) CPU chunks
@@ -102,6 +112,7 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
     rows: list = []
     grid_stems: list[str] = []
     stems: dict[str, int] = {}
+    written: list[str] = []  # sample files, relative to the output folder
     gen = torch.Generator(device=dev).manual_seed(settings.seed)
     started = time.perf_counter()
     for start in range(0, total, settings.batch_size):
@@ -127,6 +138,7 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
             stem = _unique(stems, str(batch["stem"][i]))
             if sample_dir is not None:
                 save_png(Path(sample_dir) / f"{stem}.png", (final[i] + 1) / 2)
+                written.append(f"samples/{stem}.png")
             if len(rows) < grid_items:
                 grid_stems.append(stem)
                 rows.append([task.visualize(batch["cond"][i].float().cpu(), cfg),
@@ -167,6 +179,7 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
         "reference": {"cache": str(_cache_path(ref_key)) if inception is not None else None,
                       "cached": real_cached is not None},
         "seconds": round(seconds, 3), "notes": notes, "grid_stems": grid_stems,
+        "files": ["metrics.json", "report.html", *written],
     }
     return Evaluation(record=record, rows=rows)
 
@@ -212,11 +225,16 @@ def _load_cached(key: dict):
     return stats if stats.features is not None else None
 
 
-def _inception(fid: bool, weights: str | None, dev, n: int):
+def _sample_names(ds, total: int) -> list[str]:
+    """``samples/<stem>.png`` of the first ``total`` items, as the sampling loop names them."""
+    seen: dict[str, int] = {}
+    return [f"samples/{_unique(seen, str(s.stem))}.png" for s in ds.samples[:total]]
+
+
+def _inception(fid: bool, weights: str | None, dev):
+    """The FID network, or None with the notes that say why (named weights that fail are an error)."""
     if not fid:
         return None, []
-    if n < 2:
-        return None, [f"FID/KID need at least 2 images; n = {n}"]
     from piti_core.eval.inception import INSTALL_HINT, load_fid_inception
 
     try:
@@ -226,7 +244,15 @@ def _inception(fid: bool, weights: str | None, dev, n: int):
             raise  # the user named a file: a bad one is an error, not a silent skip
         return None, [f"FID/KID unavailable: {INSTALL_HINT}" if "no FID Inception weights" in str(exc)
                             else f"FID/KID unavailable: {exc}"]
-    notes = []
+    return net, []
+
+
+def _enough_images(net, notes: list[str], n: int):
+    """The FID network and its notes for ``n`` images: none below 2, a bias note below FID_UNBIASED_N."""
+    if net is None:
+        return None, notes
+    if n < 2:
+        return None, [*notes, f"FID/KID need at least 2 images; n = {n}"]
     if n < FID_UNBIASED_N:
         notes.append(f"FID on n = {n} images is biased upward (use n >= {FID_UNBIASED_N} for reportable numbers, "
                      f"compare FIDs only at equal n); KID uses subsets of {min(KID_SUBSET, n)}")
@@ -291,6 +317,26 @@ def _unique(seen: dict, stem: str) -> str:
     k = seen.get(stem, 0)
     seen[stem] = k + 1
     return stem if k == 0 else f"{stem}-{k + 1}"
+
+
+def earlier_eval_outputs(out_dir: Path) -> set[str]:
+    """The files an earlier ``piti eval`` wrote into ``out_dir``, from its metrics.json ``files`` (empty
+    when metrics.json is missing or not a piti evaluation; metrics.json and report.html alone for one
+    that did not list its files)."""
+    try:
+        record = json.loads((Path(out_dir) / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(record, dict) or record.get("format") != EVAL_FORMAT:
+        return set()
+    files = record.get("files") if isinstance(record.get("files"), list) else []
+    samples = {f for f in files if isinstance(f, str) and _is_sample_name(f)}
+    return {"metrics.json", "report.html"} | samples
+
+
+def _is_sample_name(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and parts[0] == "samples" and parts[1].endswith(".png") and "\\" not in parts[1]
 
 
 def write_results(out_dir: Path, evaluation: Evaluation) -> dict:

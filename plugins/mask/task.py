@@ -214,7 +214,7 @@ class MaskTask(Task):
         import numpy as np
         import torch
 
-        from piti_core.data.readers import map_colours, read_labels
+        from piti_core.data.readers import map_colours, opaque_labels, read_labels
         from piti_core.data.records import DatasetMeta
         from piti_plugins.common import fit_condition, is_pil
 
@@ -230,8 +230,8 @@ class MaskTask(Task):
             not_in_palette=f"is not in the mask task's palette ({spec.num_classes} classes, {colours}); paint with "
                            f"its colours{' (black = ignore)' if black else ''}, or give class ids as a one-channel PNG",
             outside_classes="fix the label map, or use a run trained with more classes (mask.num_classes)")
-        if is_pil(source):
-            arr = np.asarray(source)
+        if is_pil(source):  # transparency as for a file: an opaque alpha is dropped, a transparent pixel refused
+            arr = opaque_labels(Path("<image>"), np.asarray(source), source.mode)
             ids = (map_colours(Path("<image>"), arr[..., :3], meta, not_in_palette=wording["not_in_palette"])
                    if arr.ndim == 3 else arr.astype(np.int64))
         else:

@@ -53,13 +53,18 @@ class SketchTask(Task):
         return edge_distance(sample["edges"], cfg.encoder.cond_size)
 
     def preprocess(self, source, cfg):
-        """A drawing of either polarity (detected) or, for a photo, its HED or Canny edges."""
+        """A drawing of either polarity (detected) or, for a photo, its HED or Canny edges.
+
+        A drawing with transparency is read as it looks on a white page (strokes on a transparent canvas
+        are strokes on white).
+        """
         import numpy as np
         import torch
 
-        from piti_plugins.common import fit_condition, load_rgb
+        from piti_core.data.readers import to_rgb
+        from piti_plugins.common import fit_condition, is_pil, load_rgb
 
-        rgb = load_rgb(source)
+        rgb = to_rgb(source) if is_pil(source) else load_rgb(source)  # transparency composited over white
         grey = rgb.astype(np.float32).mean(axis=2) / 255.0
         opts = self.options(cfg)
         mid_tones = float(((grey > 0.15) & (grey < 0.85)).mean())

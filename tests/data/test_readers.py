@@ -81,3 +81,59 @@ def test_dataset_json_validation(tmp_path):
                       ('[1, 2]', "JSON object")]:
         with pytest.raises(DataError, match=key):
             meta(text)
+
+
+# ------------------------------------------------------------------------------------ transparency, size bound
+def test_transparent_images_are_composited_over_white(tmp_path):
+    from piti_core.data.readers import read_image
+
+    rgba = np.zeros((4, 6, 4), np.uint8)  # transparent black, one opaque black and one half-red pixel
+    rgba[1, 2, 3] = 255
+    rgba[2, 3] = (255, 0, 0, 128)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    rgb = read_image(tmp_path / "rgba.png")
+    assert rgb[0, 0].tolist() == [255, 255, 255] and rgb[1, 2].tolist() == [0, 0, 0]
+    assert rgb[2, 3, 0] == 255 and 120 < rgb[2, 3, 1] < 135  # half red on white: pink
+    la = np.zeros((4, 6, 2), np.uint8)
+    la[1, 2, 1] = 255
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    grey = read_image(tmp_path / "la.png")
+    assert grey[1, 2].tolist() == [0, 0, 0] and (grey.sum() == 255 * 3 * (4 * 6 - 1))
+    pal = Image.fromarray(np.array([[0, 1], [1, 1]], np.uint8), "P")
+    pal.putpalette([0, 0, 0, 0, 0, 0] + [0] * 762)
+    pal.save(tmp_path / "p.png", transparency=1)  # index 1 (black) is transparent
+    assert read_image(tmp_path / "p.png").tolist() == [[[0, 0, 0], [255] * 3], [[255] * 3, [255] * 3]]
+    Image.fromarray(np.eye(3, dtype=bool)).save(tmp_path / "bits.png")  # mode "1": a 1-bit drawing
+    assert read_image(tmp_path / "bits.png")[0, 0].tolist() == [255, 255, 255]
+
+
+def test_label_maps_never_get_a_class_from_transparency(tmp_path):
+    meta = DatasetMeta(num_classes=3, palette=[(0, 0, 0), (255, 0, 0), (0, 0, 255)])
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[0, 1, :3] = (255, 0, 0)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    assert read_labels(tmp_path / "opaque.png", meta).tolist() == [[0, 1, 0], [0, 0, 0]]
+    rgba[1, 2, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "holes.png")
+    with pytest.raises(DataError, match="holes.png: has 1 transparent pixel"):
+        read_labels(tmp_path / "holes.png", meta)
+    pal = Image.fromarray(np.array([[0, 2], [1, 2]], np.uint8), "P")
+    pal.putpalette([0] * 768)
+    pal.save(tmp_path / "pal.png", transparency=2)
+    assert read_labels(tmp_path / "pal.png", meta).tolist() == [[0, 2], [1, 2]]  # the index is the class
+
+
+def test_pixel_bound_from_the_header(tmp_path, monkeypatch):
+    from piti_core.data import readers
+
+    Image.new("L", (30, 20)).save(tmp_path / "big.png")
+    np.save(tmp_path / "big.npy", np.ones((20, 30), np.float32))
+    monkeypatch.setattr(readers, "MAX_PIXELS", 500)
+    with pytest.raises(DataError, match=r"big.png: is 30x20 = 600 pixels, over piti's limit of 500"):
+        readers.read_image(tmp_path / "big.png")
+    with pytest.raises(DataError, match=r"big.npy: is 30x20 = 600 pixels"):
+        read_depth(tmp_path / "big.npy", DatasetMeta())
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL's own bomb error (> 2x its limit) is ours too
+    with pytest.raises(DataError, match="big.png: has more than 500 pixels"):
+        readers.read_edges(tmp_path / "big.png")

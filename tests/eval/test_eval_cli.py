@@ -171,3 +171,36 @@ def test_overwrite_replaces_the_previous_samples_only(run_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert len(list((out / "samples").glob("*.png"))) == 2  # no stale samples of the earlier, larger run
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_never_touches_user_files_in_samples(run_dir, tmp_path):
+    out = tmp_path / "out"
+    assert _eval(run_dir, out, "--n", "2", "--no-fid").exit_code == 0
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["files"][:2] == ["metrics.json", "report.html"] and len(record["files"]) == 4
+    (out / "samples" / "mine.png").write_bytes(b"the user's")
+    res = _eval(run_dir, out, "--n", "2", "--no-fid", "--overwrite")
+    assert res.exit_code == 2 and "mine.png" in res.output and "not written by piti eval" in res.output
+    assert (out / "samples" / "mine.png").read_bytes() == b"the user's"
+
+
+def test_one_image_without_fid_skips_the_oracle_fid_with_a_note(run_dir, tmp_path):
+    out = tmp_path / "out"
+    res = _eval(run_dir, out, "--n", "1", "--no-fid", "--json")
+    assert res.exit_code == 0, res.output
+    record = json.loads(res.stdout)
+    assert record["data"]["n"] == 1 and "oracle_fid" not in record["metrics"]
+    assert any("at least 2 images" in note for note in record["notes"])
+
+
+def test_non_finite_samples_fail_and_write_nothing(run_dir, tmp_path, monkeypatch):
+    import torch
+
+    from piti_core import sampling
+
+    real = sampling.sample_base
+    monkeypatch.setattr(sampling, "sample_base", lambda *a, **k: real(*a, **k) * torch.tensor(float("nan")))
+    out = tmp_path / "out"
+    res = _eval(run_dir, out, "--n", "2", "--no-fid")
+    assert res.exit_code == 1 and "non-finite" in res.output and str(run_dir) in res.output
+    assert not out.exists()
