@@ -15,6 +15,7 @@ Importing this module does not import torch.
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 import typing
 from pathlib import Path
@@ -299,62 +300,103 @@ def _field_types(cls: type) -> dict[str, Any]:
     return {a.name: hints.get(a.name, Any) for a in attrs.fields(cls)}
 
 
-def _coerce(value: Any, typ: Any, key: str, converter: Any = None) -> Any:
-    """Convert a TOML or command-line value to the field's type (tuples: through the field's own
-    converter), or raise ConfigError naming the key."""
+def _coerce(value: Any, typ: Any, key: str, converter: Any = None, where: str = "") -> Any:
+    """Convert a TOML, JSON or command-line value to the field's type (tuples: through the field's own
+    converter), or raise ConfigError naming the key (and ``where`` it was given). Infinite and NaN
+    numbers are refused everywhere: no setting means anything with them."""
     try:
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-                return value.lower() in ("true", "1", "yes", "on")
-            raise ValueError(f"expected true/false, got {value!r}")
-        if typ is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise ValueError(f"expected an integer, got {value!r}")
-            return int(value)
-        if typ is float:
-            if isinstance(value, bool):
-                raise ValueError(f"expected a number, got {value!r}")
-            return float(value)
-        if typ is str:
-            return str(value)
-        if typing.get_origin(typ) is tuple:
-            return converter(value) if converter is not None else tuple(_items(value))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad value for '{key}': {exc}") from None
+        value = _convert(value, typ, converter)
+        _check_finite(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"bad value for '{key}'{where}: {exc}") from None
     return value
 
 
-def _unknown(key: str, valid) -> ConfigError:
-    return ConfigError(f"unknown config key '{key}'; valid keys: {', '.join(sorted(valid))}")
+def _convert(value: Any, typ: Any, converter: Any) -> Any:
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ValueError(f"expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"expected an integer, got {value!r}")
+        return int(value)
+    if typ is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        return str(value)
+    if typing.get_origin(typ) is tuple:
+        return converter(value) if converter is not None else tuple(_items(value))
+    return value
 
 
-def _build_section(cls: type, base: Any, values: Mapping[str, Any], prefix: str) -> Any:
+def _check_finite(value: Any) -> None:
+    """ValueError for an infinite or NaN number, also inside a list or table."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            _check_finite(item)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            _check_finite(item)
+
+
+def _unknown(key: str, valid, where: str = "") -> ConfigError:
+    return ConfigError(f"unknown config key '{key}'{where}; valid keys: {', '.join(sorted(valid))}")
+
+
+def _origin(origins: Mapping[str, str], *keys: str) -> str:
+    """`` in FILE`` for the config file(s) that gave ``keys`` (dotted); empty for presets and --set."""
+    files = sorted({origins[k] for k in keys if origins.get(k)})
+    return f" in {', '.join(files)}" if files else ""
+
+
+def _build_section(cls: type, base: Any, values: Mapping[str, Any], prefix: str,
+                   origins: Mapping[str, str] | None = None) -> Any:
+    origins = origins or {}
     types = _field_types(cls)
     converters = {a.name: a.converter for a in attrs.fields(cls)}
     changes = {}
     for key, value in values.items():
+        where = _origin(origins, f"{prefix}.{key}")
         if key not in types:
-            raise _unknown(f"{prefix}.{key}", [f"{prefix}.{k}" for k in types])
-        changes[key] = _coerce(value, types[key], f"{prefix}.{key}", converters[key])
+            raise _unknown(f"{prefix}.{key}", [f"{prefix}.{k}" for k in types], where)
+        changes[key] = _coerce(value, types[key], f"{prefix}.{key}", converters[key], where)
     try:
         return attrs.evolve(base, **changes) if base is not None else cls(**changes)
-    except (TypeError, ValueError) as exc:
-        # attrs' built-in validators put (message, attribute, ...) in args: show only the message
-        msg = exc.args[0] if len(exc.args) > 1 and isinstance(exc.args[0], str) else str(exc)
-        raise ConfigError(f"bad value in [{prefix}]: {msg}") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise _invalid(exc, prefix, _origin(origins, *(f"{prefix}.{k}" for k in changes))) from None
 
 
-def _merge(dst: dict, src: Mapping, where: str) -> None:
+def _invalid(exc: Exception, prefix: str, where: str) -> ConfigError:
+    """A validator's error as one line, naming the key where the message starts with a field's name
+    (attrs' "'lr' must be > 0: -1", our "dropout must be in [0, 1], got 2")."""
+    import re
+
+    msg = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+    match = re.match(r"'?([A-Za-z_]\w*)'? (must .*)$", msg)
+    if match:
+        return ConfigError(f"bad value for '{prefix}.{match[1]}'{where}: {match[2]}")
+    return ConfigError(f"bad value in [{prefix}]{where}: {msg}")
+
+
+def _merge(dst: dict, src: Mapping, where: str, origins: dict | None = None, prefix: str = "") -> None:
+    """Merge ``src`` into ``dst``; ``origins`` records ``where`` each dotted key came from."""
     for key, value in src.items():
         if isinstance(value, Mapping):
             node = dst.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"'{key}' in {where} is a section, not a value")
-            _merge(node, value, where)
+            _merge(node, value, where, origins, f"{prefix}{key}.")
         else:
             dst[key] = value
+            if origins is not None:
+                origins[f"{prefix}{key}"] = where
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -374,11 +416,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give a TOML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
@@ -395,8 +446,9 @@ def resolve_config(
     """
     extra_sections = dict(extra_sections or {})
     tree: dict[str, Any] = {}
+    origins: dict[str, str] = {}  # dotted key -> the file that gave it (named in errors)
     for path in files:
-        _merge(tree, load_toml(path), str(path))
+        _merge(tree, load_toml(path), str(path), origins)
     if data:
         _merge(tree, data, "config")
     for text in overrides:
@@ -407,6 +459,7 @@ def resolve_config(
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{text}': '{part}' is a value, not a section")
         node[parts[-1]] = value
+        origins.pop(".".join(parts), None)
     name = str(tree.pop("preset", None) or preset or "glide")
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
@@ -414,7 +467,7 @@ def resolve_config(
     valid = set(SCALARS) | set(SECTIONS) | set(extra_sections)
     for key in tree:
         if key not in valid:
-            raise _unknown(key, valid)
+            raise _unknown(key, valid, _origin(origins, *(k for k in origins if k.split(".")[0] == key)))
     task = tree.pop("task", "")
     if not isinstance(task, str):
         raise ConfigError(f"bad value for 'task': expected a task name, got {task!r}")
@@ -426,14 +479,14 @@ def resolve_config(
         given = tree.get(section, {})
         if not isinstance(given, Mapping):
             raise ConfigError(f"'{section}' must be a section ([{section}]), not a value")
-        built[section] = _build_section(cls, obj, given, section)
+        built[section] = _build_section(cls, obj, given, section, origins)
     tasks = {}
     for tname, cls in extra_sections.items():
         if cls is None:
             if tree.get(tname):
                 raise ConfigError(f"task '{tname}' takes no options, but [{tname}] was given")
             continue
-        tasks[tname] = _build_section(cls, None, tree.get(tname, {}), tname)
+        tasks[tname] = _build_section(cls, None, tree.get(tname, {}), tname, origins)
     return PitiConfig(preset=name, task=task, tasks=tasks, **built)
 
 
@@ -493,7 +546,18 @@ def save_config(cfg: PitiConfig, path: str | Path) -> None:
 
 
 def load_config(path: str | Path, extra_sections: Mapping[str, type] | None = None) -> PitiConfig:
+    """The config saved in ``path`` (a run's config.json); any problem is one ConfigError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; a run directory holds config.json")
-    return config_from_json(path.read_text(encoding="utf-8"), extra_sections)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                          "it is not a config piti wrote") from None
+    except OSError as exc:
+        raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return config_from_json(text, extra_sections)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

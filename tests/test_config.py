@@ -38,9 +38,11 @@ def test_overrides_convert_types():
     ("bogus.x=1", "unknown config key 'bogus'"),
     ("train.batch_size=abc", "bad value for 'train.batch_size'"),
     ("train.batch_size=1.5", "bad value for 'train.batch_size'"),
-    ("model.dropout=2.0", "dropout must be in"),
+    ("model.dropout=2.0", "'model.dropout': must be in"),
     ("model.checkpointing=maybe", "expected true/false"),
-    ("diffusion.schedule=quadratic", "bad value in \\[diffusion\\]"),
+    ("diffusion.schedule=quadratic", "bad value for 'diffusion.schedule': must be in"),
+    ("train.lr=-1", "bad value for 'train.lr': must be > 0"),
+    ("encoder.width=33", "bad value in \\[encoder\\]: width 33 is not divisible"),
     ("novalue", "must look like section.key=value"),
     ("model=3", "must be a section"),
 ])
@@ -119,3 +121,51 @@ def test_saved_config_missing_a_newer_key_keeps_the_old_behaviour():
     cfg = config_from_json(json.dumps(data))
     assert cfg.encoder.hint_channels == 0 and cfg.fewshot.shots == 0
     assert cfg.model.image_size == 32  # keys the file holds are kept
+
+
+@pytest.mark.parametrize("override", [
+    "train.lr=inf", "train.lr=nan", "train.lr=-inf", "train.grad_clip=1e999", "train.stage_minutes=inf",
+    "train.weight_decay=inf", "sample.guidance_scale=inf", "fewshot.rotate=nan", "foo.ratio=inf",
+    "model.channel_mult=[1, 1e999]", "train.batch_size=inf", "train.batch_size=[inf]",
+])
+def test_non_finite_numbers_are_refused(override):
+    """inf and NaN are refused in every section, a task's included, as one ConfigError naming the key."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"bad value for '{key}'"):
+        resolve_config(preset="tiny", overrides=[override], extra_sections={"foo": RatioOptions})
+
+
+@attrs.frozen
+class RatioOptions:
+    ratio: float = 0.5  # no validator: the config layer alone keeps it finite
+
+
+def test_non_finite_numbers_in_files_name_the_file(tmp_path):
+    toml = tmp_path / "inf.toml"
+    toml.write_text("[train]\nlr = inf\n")
+    with pytest.raises(ConfigError, match=f"'train.lr' in {toml}: inf is not a finite number"):
+        resolve_config(files=[toml])
+    run = tmp_path / "run"
+    save_config(resolve_config(preset="tiny"), run / "config.json")
+    text = (run / "config.json").read_text().replace('"grad_clip": 1.0', '"grad_clip": Infinity')
+    (run / "config.json").write_text(text)
+    with pytest.raises(ConfigError, match=f"^{run / 'config.json'}: bad value for 'train.grad_clip'"):
+        load_config(run / "config.json")
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"[1, 2]", b"\xff\xfe{}"], ids=["syntax", "list", "not-utf8"])
+def test_invalid_config_json_names_its_file(tmp_path, data):
+    path = tmp_path / "config.json"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_file_that_is_a_folder_or_not_utf8(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        resolve_config(files=[tmp_path])
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('[data]\nroot = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"config file {latin} is not UTF-8"):
+        resolve_config(files=[latin])

@@ -38,7 +38,7 @@ def test_too_many_shots_is_one_clear_config_error():
         choose(STEMS, [], FewShotConfig(shots=40, holdout=4), "data")
     with pytest.raises(ConfigError, match="fewshot.holdout=4 needs 4 pairs in the val split"):
         choose(STEMS, ["v1"], FewShotConfig(shots=2, holdout=4, holdout_from="val"))
-    with pytest.raises(ConfigError, match=r"\[fewshot\]: .shots. must be >= 0"):
+    with pytest.raises(ConfigError, match=r"'fewshot.shots': must be >= 0"):
         resolve_config(preset="tiny", overrides=["fewshot.shots=-1"])
 
 
