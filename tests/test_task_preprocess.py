@@ -53,3 +53,36 @@ def test_normals_are_unit_vectors(tmp_path):
     cond = HOST.task("normal").preprocess(tmp_path / "n.png", CFG)
     assert cond.shape == (1, 3, 64, 64)
     torch.testing.assert_close(cond.norm(dim=1), torch.ones(1, 64, 64), atol=1e-3, rtol=0)
+
+
+def test_sketch_on_a_transparent_canvas_is_strokes_on_white(tmp_path):
+    """Drawing apps export black strokes on a transparent canvas: a file and a PIL image give the strokes."""
+    rgba = np.zeros((40, 60, 4), np.uint8)
+    rgba[18:21, 5:55, 3] = 255
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "drawing.png")
+    task = HOST.task("sketch")
+    opaque = np.full((40, 60), 255, np.uint8)
+    opaque[18:21, 5:55] = 0
+    Image.fromarray(opaque).save(tmp_path / "opaque.png")
+    want = task.preprocess(tmp_path / "opaque.png", CFG)
+    assert (want <= -0.99).any()
+    torch.testing.assert_close(task.preprocess(tmp_path / "drawing.png", CFG), want)
+    torch.testing.assert_close(task.preprocess(Image.fromarray(rgba, "RGBA"), CFG), want)
+
+
+def test_mask_refuses_transparent_pixels_and_keeps_an_opaque_alpha(tmp_path):
+    from piti_core.data.toyworld import PALETTE
+
+    ids = np.zeros((40, 60), np.uint8)
+    ids[:, 30:] = 7
+    rgba = np.concatenate([np.asarray(PALETTE, np.uint8)[ids], np.full((40, 60, 1), 255, np.uint8)], axis=2)
+    task = HOST.task("mask")
+    Image.fromarray(ids).save(tmp_path / "ids.png")
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
+    torch.testing.assert_close(task.preprocess(tmp_path / "opaque.png", CFG), task.preprocess(tmp_path / "ids.png", CFG))
+    rgba[:5, :5, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "holes.png")
+    with pytest.raises(DataError, match="holes.png: has 25 transparent pixel"):
+        task.preprocess(tmp_path / "holes.png", CFG)
+    with pytest.raises(DataError, match="has 25 transparent pixel"):
+        task.preprocess(Image.fromarray(rgba, "RGBA"), CFG)
