@@ -58,10 +58,13 @@ class JobQueue:
             except ValueError:
                 return 0
 
-    def close(self) -> None:
+    def close(self, wait: float | None = None) -> None:
+        """Stop taking jobs (queued ones are dropped); wait up to ``wait`` seconds for a running one to end."""
         with self._lock:
             self._closed = True
             self._lock.notify_all()
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join(wait)
 
     def _loop(self) -> None:
         while True:
