@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+
 import click
 
 from piti_cli.options import device_option
@@ -24,6 +28,33 @@ def default_run(root=None):
     return found[0]
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived: leave serve_forever() so the finally clause removes the uploads."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_stops():
+    """While serving, SIGTERM (e.g. `kill`, a service manager) stops the server like Ctrl+C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _is_loopback(address: str) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(address.split("%")[0]).is_loopback
+
+
 @click.command("demo")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Run directory (default: runs/sketch-tiny from `piti train --task sketch`).")
@@ -43,15 +74,16 @@ def command(run_dir, host, port, device) -> None:
     except Exception:
         app.close()
         raise
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    name, bound = server.server_address[:2]
+    if not _is_loopback(name):
         err_console.print(f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine can use "
                           "the page and its CPU/GPU; use the default --host 127.0.0.1 to keep it local")
-    name, bound = server.server_address[:2]
     shown = f"[{name}]" if ":" in name else name
     click.echo(f"piti demo: run {app.run_dir} (task {app.task.name}) at http://{shown}:{bound}/  (Ctrl+C stops)")
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
+        with _sigterm_stops():
+            server.serve_forever()
+    except (KeyboardInterrupt, _Terminated):
         pass
     finally:
         server.server_close()
