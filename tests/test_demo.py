@@ -43,7 +43,9 @@ def server(run_dir):
     srv = make_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield app, f"http://127.0.0.1:{srv.server_address[1]}"
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    _TOKENS[base] = app.token
+    yield app, base
     app.gate.set()
     srv.shutdown()
     srv.server_close()
@@ -59,8 +61,17 @@ def _png(size=(96, 80)) -> bytes:
     return buf.getvalue()
 
 
-def _call(url, data=None):
+_TOKENS: dict[str, str] = {}  # base URL -> the server's token, which every POST sends as the page does
+_PAGE_TOKEN = object()
+
+
+def _call(url, data=None, token=_PAGE_TOKEN):
+    """GET (or POST ``data``, with the server's token unless ``token`` says otherwise): (status, body, type)."""
     req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    if data is not None and token is _PAGE_TOKEN:
+        token = next(t for base, t in _TOKENS.items() if url.startswith(base + "/"))
+    if data is not None and token is not None:
+        req.add_header("X-Piti-Token", token)
     try:
         with urllib.request.urlopen(req, timeout=60) as res:
             return res.status, res.read(), res.headers.get("Content-Type")
@@ -145,12 +156,20 @@ def test_bad_settings_are_one_line_errors(server):
     assert code == 400 and "sampler must be one of" in json.loads(body)["error"]
 
 
+def _npy(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
 def test_failing_generation_shows_its_error_and_the_server_goes_on(server):
-    _, base = server
-    broken = b"\x89PNG\r\n\x1a\n" + b"broken"  # PNG magic, unreadable image
-    code, body, _ = _call(f"{base}/api/generate?{FAST}", broken)
+    app, base = server
+    code, body, _ = _call(f"{base}/api/generate?{FAST}", _npy(np.zeros((2, 3, 4, 5))))  # no condition for a sketch
+    assert code == 202, body
     status = _wait(base, json.loads(body)["job"])
     assert status["state"] == "error" and status["error"] and "\n" not in status["error"]
+    assert status["error"].startswith("the uploaded file")  # not the server's temp path
+    assert str(app.tmp) not in status["error"] and "piti-demo-" not in status["error"]
     code, body, _ = _call(f"{base}/api/generate?{FAST}", _png())
     assert _wait(base, json.loads(body)["job"])["state"] == "done"
 
@@ -176,6 +195,104 @@ def test_concurrent_requests_are_queued(server):
         app.gate.set()
     jobs = [first] + [json.loads(r[1])["job"] for r in results]
     assert [_wait(base, j)["state"] for j in jobs] == ["done"] * 3
+
+
+def test_page_carries_the_token_and_a_post_without_it_is_refused(server):
+    app, base = server
+    page = _call(base + "/")[1].decode()
+    assert f'<meta name="piti-token" content="{app.token}">' in page and len(app.token) >= 32
+    code, body, _ = _call(f"{base}/api/generate?{FAST}", _png(), token=None)
+    assert code == 403 and "X-Piti-Token" in json.loads(body)["error"]
+    code, body, _ = _call(f"{base}/api/generate?{FAST}", _png(), token=app.token[::-1])
+    assert code == 403
+
+
+def test_requests_naming_another_host_or_origin_are_refused(server):
+    _, base = server
+    for headers in ({"Host": "evil.example.com"}, {"Origin": "http://evil.example.com"}):
+        req = urllib.request.Request(base + "/api/info", headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, timeout=60)
+        assert err.value.code == 403 and "is not this server" in json.loads(err.value.read())["error"]
+
+
+def test_host_check_names_this_server_only():
+    from piti_core.demo.guard import HostCheck
+
+    loop = HostCheck("127.0.0.1", 8765)
+    assert all(loop(h) for h in ("127.0.0.1:8765", "localhost:8765", "LOCALHOST:8765", "[::1]:8765"))
+    assert not any(loop(h) for h in ("evil.example.com:8765", "127.0.0.1:80", "127.0.0.1", "localhost:8765x",
+                                     "10.0.0.5:8765", "", None, "[::1]", "127.0.0.1:8765:8765"))
+    lan = HostCheck("192.168.1.20", 8765)
+    assert lan("192.168.1.20:8765") and not lan("localhost:8765") and not lan("rebound.example:8765")
+    wild = HostCheck("0.0.0.0", 8765)
+    assert wild("192.168.1.20:8765") and wild("localhost:8765") and wild("[fe80::1]:8765")
+    assert not wild("rebound.example:8765") and not wild("192.168.1.20:9999")
+    assert HostCheck("127.0.0.1", 80)("localhost")  # a browser leaves out port 80
+
+
+def test_huge_pixel_count_is_refused_before_decoding(server):
+    _, base = server
+    buf = io.BytesIO()
+    Image.new("1", (5000, 4000)).save(buf, format="PNG")  # a few kB of PNG, 20 million pixels
+    code, body, _ = _call(f"{base}/api/generate?{FAST}", buf.getvalue())
+    assert code == 413 and "5000×4000" in json.loads(body)["error"]
+
+
+def test_bad_host_and_busy_port_get_their_own_messages(server):
+    from piti_core.errors import UsageError
+
+    app, base = server
+    for host in ("999.1.1.1", "no-such-host.invalid", ""):
+        with pytest.raises(UsageError, match="--host") as err:
+            make_server(app, host, 0)
+        assert "--port" not in str(err.value)
+    port = int(base.rsplit(":", 1)[1])
+    with pytest.raises(UsageError, match=f"port {port} is in use.*--port"):
+        make_server(app, "127.0.0.1", port)
+
+
+def test_close_stops_a_running_job_and_leaves_no_files(run_dir):
+    app = GatedApp(run_dir, device="cpu")
+    app.gate.clear()
+    job = app.submit(_png(), app.parse_settings({"steps": ["3"], "upsampler_steps": ["2"]}))
+    assert app.started.wait(60)
+    app.close(wait=0.01)  # the job is held at the gate: close does not wait for it
+    assert not app.tmp.exists()
+    app.gate.set()  # the job goes on, writes its output folder, then stops at its first sampling step
+    app.queue.close(wait=120)
+    assert job.state == "error" and "shutting down" in job.error
+    assert not app.tmp.exists()
+
+
+def test_sigterm_stops_the_demo_and_removes_its_uploads(run_dir, tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"}
+    code = "import sys; from piti_cli.main import main; sys.argv[0] = 'piti'; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "demo", "--run", str(run_dir), "--port", "0",
+                             "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        line = proc.stdout.readline()  # "piti demo: run ... at http://127.0.0.1:PORT/ ..."
+        base = re.search(r"http://[^/]+", line).group(0)
+        token = re.search(r'name="piti-token" content="([^"]+)"', _call(base + "/")[1].decode()).group(1)
+        _TOKENS[base] = token
+        code_, body, _ = _call(f"{base}/api/generate?{FAST}", _png())
+        assert code_ == 202, body
+        assert list(tmp.glob("piti-demo-*/job-*/input.png"))  # the upload is on disk
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert not list(tmp.glob("piti-demo-*"))  # (torch may leave its own caches there)
 
 
 def test_cli_without_a_run_says_which_command_makes_one(tmp_path, monkeypatch):
@@ -225,7 +342,9 @@ def mask_server(tmp_path_factory):
     app = DemoApp(folder / "run", device="cpu")
     srv = make_server(app, "127.0.0.1", 0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield app, f"http://127.0.0.1:{srv.server_address[1]}"
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    _TOKENS[base] = app.token
+    yield app, base
     srv.shutdown()
     srv.server_close()
     app.close()
