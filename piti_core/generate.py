@@ -65,11 +65,11 @@ def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False
     get_sampler(settings.sampler), get_sampler(settings.upsampler_sampler), get_guidance(settings.guidance)
     host = get_plugin_manager()
     meta = read_run_meta(run_dir)
-    task = host.task(meta.get("task") or "")
     names = [n for n in ("base", "upsampler") if n in meta["models"]]
     if "base" not in names:
-        raise CheckpointError(f"{run_dir} has no base model (models: {', '.join(meta['models'])}); "
-                         f"{verb} a run made by `piti train` or `piti convert`")
+        raise CheckpointError(f"{run_dir} has no base model (models: {', '.join(meta['models']) or 'none'}); "
+                              f"{verb} a run made by `piti train` or `piti convert`")
+    task = _run_task(host, run_dir, meta)
     device = torch.device(device)
     compute = resolve_dtype(dtype, device)
     if device.type == "cpu":  # reuse each step's freed memory (no page faults, piti_core.host_memory)
@@ -83,6 +83,19 @@ def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False
         for model in run.models.values():
             compile_model(model, device=device, purpose="sample")
     return run, task, names, compute
+
+
+def _run_task(host, run_dir, meta: dict):
+    """The installed task a run was made for, or a CheckpointError naming it and the installed ones."""
+    name = meta.get("task")
+    if isinstance(name, str) and name in host.tasks:
+        return host.task(name)
+    valid = ", ".join(sorted(host.tasks)) or "none"
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{run_dir}/run.json names no task; re-create the run with `piti train` or "
+                              f"`piti convert --task NAME` (installed tasks: {valid})")
+    raise CheckpointError(f"{run_dir} was made for task '{name}', which no installed plugin provides; install "
+                          f"that task's plugin (installed tasks: {valid})")
 
 
 def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, settings, *, device: str = "cpu",

@@ -278,11 +278,29 @@ def _no_base_model(run: Path) -> list[str]:
     return ["no base model"]
 
 
+def _run_json_task(value):
+    def make(run: Path) -> list[str]:
+        meta = json.loads((run / "run.json").read_text())
+        meta["task"] = value
+        (run / "run.json").write_text(json.dumps(meta))
+        return ["task"]
+    return make
+
+
+def _prior_run(run: Path) -> list[str]:
+    meta = json.loads((run / "run.json").read_text())
+    meta["models"] = {"text_base": "text_base.safetensors"}
+    (run / "run.json").write_text(json.dumps(meta))
+    return ["no base model", "text_base"]
+
+
 RUN_CASES = {"no run.json": _no_run_json, "interrupted train": _interrupted_train, "run.json invalid": _run_json_invalid,
              "model path ../": _run_json_path("../../base.safetensors"),
              "model path absolute": _run_json_path("/etc/passwd"),
              "model truncated": _model_truncated, "no config.json": _no_config,
-             "config.json invalid": _config_invalid, "no base model": _no_base_model}
+             "config.json invalid": _config_invalid, "no base model": _no_base_model,
+             "a prior, not a task run": _prior_run, "task not installed": _run_json_task("colorise-xyz"),
+             "no task": _run_json_task("")}
 
 
 @pytest.mark.parametrize("command", ["sample", "eval"])
