@@ -98,7 +98,10 @@ class OutputFolder:
 
     ``owned``: the paths (relative to ``out``) an earlier run of the command wrote there, from its own
     record (settings.json, metrics.json); ``--overwrite`` (``overwrite``) removes exactly those.
-    ``inputs``: the command's input files; a folder that holds one of them directly is refused.
+    ``inputs``: the command's input files; a folder that holds one of them directly is refused. A
+    subfolder or a parent of the input folder is allowed: outputs are written flat into ``out`` (or into
+    a subfolder the command names) and inputs are never read from subfolders, so no output can land on
+    an input, and :meth:`claim` still refuses any existing file that is not an earlier output.
     Refusals are :class:`~piti_core.errors.UsageError` (exit 2), raised before any work:
 
     * ``out`` is a file, or directly holds an input file;

@@ -110,13 +110,19 @@ def _is_unfinished_training(run_dir: Path) -> bool:
 
 
 def _resume_command(run_dir: Path) -> str:
-    """The command that continues an unfinished training run: ``piti pretrain`` for a prior (its stages
-    are named ``prior-*``), else ``piti train --task T``."""
-    if any(name.startswith("prior-") for name in _stage_names(run_dir)):
-        return f"piti pretrain --out {run_dir} --resume"
+    """The command that continues an unfinished training run: ``piti pretrain`` for a prior (prior.json
+    says so, or its stages are named ``prior-*``), else ``piti train`` (with ``--task`` when the run does
+    not record its task)."""
+    import shlex
+
+    out = shlex.quote(str(run_dir))
+    source = _json_file(run_dir / "prior.json").get("source")
+    if source == "pretrain" or any(name.startswith("prior-") for name in _stage_names(run_dir)):
+        return f"piti pretrain --out {out} --resume"
     task = _json_file(run_dir / CONFIG_JSON).get("task")
-    task = task if isinstance(task, str) and task else "<its task>"
-    return f"piti train --task {task} --out {run_dir} --resume"
+    if isinstance(task, str) and task:  # the run records its task
+        return f"piti train --out {out} --resume"
+    return f"piti train --task <its task> --out {out} --resume"
 
 
 def _stage_names(run_dir: Path) -> list[str]:

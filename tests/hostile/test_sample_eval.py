@@ -238,7 +238,13 @@ def _interrupted_train(run: Path) -> list[str]:
     (run / "base.safetensors").unlink()
     (run / "checkpoints" / "step-000010").mkdir(parents=True)
     (run / "checkpoints" / "latest.json").write_text('{"checkpoint": "step-000010"}')
-    return ["--resume", "piti train --task"]
+    return ["--resume", "piti train"]
+
+
+def _interrupted_pretrain(run: Path) -> list[str]:
+    _interrupted_train(run)
+    (run / "prior.json").write_text('{"source": "pretrain"}')
+    return ["--resume", "piti pretrain"]
 
 
 def _run_json_invalid(run: Path) -> list[str]:
@@ -294,7 +300,8 @@ def _prior_run(run: Path) -> list[str]:
     return ["no base model", "text_base"]
 
 
-RUN_CASES = {"no run.json": _no_run_json, "interrupted train": _interrupted_train, "run.json invalid": _run_json_invalid,
+RUN_CASES = {"no run.json": _no_run_json, "interrupted train": _interrupted_train,
+             "interrupted pretrain": _interrupted_pretrain, "run.json invalid": _run_json_invalid,
              "model path ../": _run_json_path("../../base.safetensors"),
              "model path absolute": _run_json_path("/etc/passwd"),
              "model truncated": _model_truncated, "no config.json": _no_config,
