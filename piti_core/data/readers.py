@@ -62,8 +62,8 @@ def _open(path: Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except Image.DecompressionBombError:
-        raise _err(path, f"has more than {MAX_PIXELS:,} pixels (piti's limit per file; a decompression bomb or "
-                         "a far too large picture); downscale it") from None
+        raise _too_large(path, f"has more than {MAX_PIXELS:,} pixels (piti's limit per file; a decompression bomb "
+                               "or a far too large picture); downscale it") from None
     except UnidentifiedImageError:
         raise _err(path, "not an image file PIL can read; replace it with a PNG/JPEG or remove it") from None
     except FileNotFoundError:
@@ -83,8 +83,16 @@ def _check_pixels(path: Path, width: int, height: int) -> None:
     if width < 1 or height < 1:
         raise _err(path, f"is {width}x{height}: an empty picture; re-export the file or remove it")
     if width * height > MAX_PIXELS:
-        raise _err(path, f"is {width}x{height} = {width * height:,} pixels, over piti's limit of {MAX_PIXELS:,} "
-                         "pixels per file (a decompression bomb, or far larger than any model input); downscale it")
+        raise _too_large(path, f"is {width}x{height} = {width * height:,} pixels, over piti's limit of "
+                               f"{MAX_PIXELS:,} pixels per file (a decompression bomb, or far larger than any model "
+                               "input); downscale it")
+
+
+def _too_large(path: Path, message: str) -> DataError:
+    """The DataError of a file over the pixel bound; marked so that no fallback decoder tries it."""
+    exc = _err(path, message)
+    exc.too_large = True
+    return exc
 
 
 def _load(path: Path, img: Image.Image) -> Image.Image:
@@ -294,7 +302,9 @@ def _read_depth_raw(path: Path) -> tuple[np.ndarray, str]:
             _check_mode("depth", path, img, DatasetMeta())
             _load(path, img)
             arr = np.asarray(img)
-    except DataError:
+    except DataError as exc:
+        if getattr(exc, "too_large", False):
+            raise
         arr = _tifffile(path)  # float64 / compressed TIFFs PIL cannot open
         if arr is None:
             raise
@@ -311,9 +321,14 @@ def _tifffile(path: Path) -> np.ndarray | None:
     except ImportError:
         return None
     try:
-        return np.squeeze(tifffile.imread(path))
+        with tifffile.TiffFile(path) as tif:
+            shape = tuple(int(d) for d in tif.series[0].shape)
+            if int(np.prod(shape)) <= MAX_PIXELS:  # from the header, before decoding
+                return np.squeeze(tif.asarray())
     except Exception:  # noqa: BLE001 - any failure: keep PIL's message
         return None
+    raise _too_large(path, f"holds {int(np.prod(shape)):,} values (shape {shape}), over piti's limit of "
+                           f"{MAX_PIXELS:,} pixels per file; downscale it")
 
 
 def read_depth(path: Path, meta: DatasetMeta) -> tuple[np.ndarray, np.ndarray]:

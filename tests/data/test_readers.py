@@ -134,6 +134,13 @@ def test_pixel_bound_from_the_header(tmp_path, monkeypatch):
         readers.read_image(tmp_path / "big.png")
     with pytest.raises(DataError, match=r"big.npy: is 30x20 = 600 pixels"):
         read_depth(tmp_path / "big.npy", DatasetMeta())
+    Image.fromarray(np.ones((20, 30), np.float32), "F").save(tmp_path / "big.tif")
+    with pytest.raises(DataError, match=r"big.tif: is 30x20 = 600 pixels"):  # no fallback decoder tries it
+        read_depth(tmp_path / "big.tif", DatasetMeta())
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(tmp_path / "f64.tif", np.ones((20, 30), np.float64))  # read by tifffile, not PIL
+    with pytest.raises(DataError, match=r"f64.tif: holds 600 values \(shape \(20, 30\)\), over piti's limit"):
+        read_depth(tmp_path / "f64.tif", DatasetMeta())
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL's own bomb error (> 2x its limit) is ours too
     with pytest.raises(DataError, match="big.png: has more than 500 pixels"):
         readers.read_edges(tmp_path / "big.png")
