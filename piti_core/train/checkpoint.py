@@ -8,8 +8,9 @@ Layout inside a run directory::
         trainer.json          step, stage, optimizer param groups, scaler, counters, data position
       latest.json             {"checkpoint": "step-000200"} — replaced atomically after the rename
 
-A crash mid-save leaves a stray temp dir and the previous ``latest.json`` intact. Only the last
-``keep`` checkpoints are kept.
+A crash mid-save leaves a stray temp dir and the previous ``latest.json`` intact; files and folders
+are flushed to disk (fsync) before each rename, so a power loss does not leave empty files behind
+either. Only the last ``keep`` checkpoints are kept.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 
 from piti_core.errors import CheckpointError
-from piti_core.io import atomic_write_text
+from piti_core.io import atomic_write_text, fsync_dir, fsync_file
 
 LATEST = "latest.json"
 
@@ -95,23 +96,39 @@ def _jsonable(obj):
 
 # ------------------------------------------------------------------------------ save / load
 def save_checkpoint(root: Path, name: str, tensors: dict[str, torch.Tensor], meta: dict, keep: int = 3) -> Path:
-    """Write ``root/name`` atomically, point ``latest.json`` at it, prune to the last ``keep``."""
+    """Write ``root/name`` atomically, point ``latest.json`` at it, prune to the last ``keep``.
+
+    The files and the folder are flushed to disk before the folder is renamed into place, and ``root``
+    after it, so a power loss never leaves ``latest.json`` pointing at empty files. A checkpoint of the
+    same name is moved aside (``.name.old``) until the new one is in place: there is always one good copy.
+    """
     from safetensors.torch import save_file
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    final, aside = root / name, root / f".{name}.old"
+    moved = False
     try:
         cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         save_file(cpu, str(tmp / "tensors.safetensors"))
         (tmp / "trainer.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        final = root / name
+        for f in ("tensors.safetensors", "trainer.json"):
+            fsync_file(tmp / f)
+        fsync_dir(tmp)
         if final.exists():
-            shutil.rmtree(final)
+            shutil.rmtree(aside, ignore_errors=True)
+            final.rename(aside)
+            moved = True
         tmp.rename(final)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moved and not final.exists():
+            aside.rename(final)  # the previous copy back where latest.json may point
         raise
+    if moved:
+        shutil.rmtree(aside, ignore_errors=True)
     atomic_write_text(root / LATEST, json.dumps({"checkpoint": name}) + "\n")
     _prune(root, keep, protect=name)
     return final
@@ -132,10 +149,16 @@ def latest_checkpoint(root: Path) -> Path | None:
         return None
     try:
         name = json.loads(path.read_text(encoding="utf-8"))["checkpoint"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except (ValueError, OSError, KeyError, TypeError) as exc:  # ValueError: bad JSON or not UTF-8
         raise CheckpointError(f"{path} is corrupt ({exc}); delete it to resume from the newest step-* folder") from None
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+        raise CheckpointError(f"{path} is corrupt (checkpoint name {name!r}); delete it to resume from the newest "
+                              "step-* folder")
     ckpt = Path(root) / name
     if not (ckpt / "trainer.json").is_file():
+        aside = Path(root) / f".{name}.old"  # a save of the same name stopped between its two renames
+        if (aside / "trainer.json").is_file():
+            return aside
         raise CheckpointError(f"{path} points at {ckpt}, which is incomplete")
     return ckpt
 
@@ -147,6 +170,6 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         tensors = load_file(str(Path(path) / "tensors.safetensors"))
         meta = json.loads((Path(path) / "trainer.json").read_text(encoding="utf-8"))
-    except (SafetensorError, OSError, json.JSONDecodeError) as exc:
+    except (SafetensorError, OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
         raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from None
     return tensors, meta
