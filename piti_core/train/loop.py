@@ -256,16 +256,39 @@ class Trainer:
         if not finite:
             self.skipped += 1
             self.nonfinite_in_row += 1
-            if self.nonfinite_in_row >= self.max_nonfinite and not self.scaler.is_enabled():
-                raise TrainingError(
-                    f"loss or gradients were NaN/inf for {self.nonfinite_in_row} steps in a row (step {self.step}); "
-                    "lower the learning rate or use --dtype fp32, then --resume"
-                )
+            self._check_nonfinite_run()
         else:
             self.nonfinite_in_row = 0
         self.step += 1
         logs.update(loss=loss, grad_norm=grad_norm, lr=self.opt.param_groups[0]["lr"], skipped=self.skipped)
         return logs
+
+    FP16_MAX_NONFINITE = 40  # with fp16 the scaler halves its scale per skipped step: 2**-40 of it is none left
+
+    def _check_nonfinite_run(self) -> None:
+        """TrainingError once too many steps in a row were NaN/inf. With fp16 the gradient scaler skips such
+        steps itself, so there it takes more of them, or weights that became non-finite."""
+        n = self.nonfinite_in_row
+        if self.scaler.is_enabled():
+            broken = n >= self.FP16_MAX_NONFINITE or (n >= self.max_nonfinite and not self._weights_finite())
+        else:
+            broken = n >= self.max_nonfinite
+        if broken:
+            fp32 = "" if self.dtype == torch.float32 else ", or resume with --dtype fp32"
+            raise TrainingError(f"loss or gradients were NaN/inf for {n} steps in a row (step {self.step}); lower "
+                                f"the learning rate (train.*lr) and start a new run{fp32}")
+
+    def check_ended_finite(self, stage: str) -> None:
+        """TrainingError if the stage ended on non-finite steps (its weights no longer give a finite loss);
+        with fp16, where the scaler skips overflowing steps as a matter of course, if its weights are not finite."""
+        if self.nonfinite_in_row and (not self.scaler.is_enabled() or not self._weights_finite()):
+            first = self.step - self.nonfinite_in_row + 1
+            raise TrainingError(
+                f"stage {stage} ended on {self.nonfinite_in_row} NaN/inf steps in a row (from step {first}); its "
+                "weights are not usable. Lower the learning rate (train.*lr) and start a new run")
+
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.named.values())
 
     # ------------------------------------------------------------------------------ state
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import torch
 
-from piti_core.errors import CheckpointError, UsageError
+from piti_core.errors import CheckpointError, TrainingError, UsageError
 from piti_core.io import atomic_write, atomic_write_text
 from piti_core.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from piti_core.train.loop import BatchStream, Trainer, step_seed
@@ -65,7 +65,15 @@ class RunLog:
 
     def progress(self) -> dict:
         p = self.dir / "progress.json"
-        return json.loads(p.read_text(encoding="utf-8")) if p.is_file() else {"done": []}
+        if not p.is_file():
+            return {"done": []}
+        try:
+            prog = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as exc:
+            raise CheckpointError(f"{p} is corrupt ({exc}); it lists the finished stages of the run") from None
+        if not isinstance(prog, dict) or not isinstance(prog.get("done"), list):
+            raise CheckpointError(f"{p} is corrupt (no list of finished stages under \"done\")")
+        return prog
 
     def mark_done(self, stage: str) -> None:
         if self.rank:
@@ -104,6 +112,15 @@ class RunLog:
         for k, v in row.items():
             if isinstance(v, (int, float)) and k not in ("step",):
                 self._tb.add_scalar(f"{row['stage']}/{k}", v, row["step"])
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """TrainingError if a floating-point tensor of ``state`` holds NaN or inf: such weights are never saved."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise TrainingError(f"{what}: weights became NaN/inf ({bad[0]}{more}); nothing was saved from it. Lower the "
+                            "learning rate (train.*lr) and start a new run")
 
 
 def save_stage_weights(run_dir: Path, stage: Stage, state: dict[str, torch.Tensor]) -> None:
@@ -169,6 +186,7 @@ def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tu
 
     def checkpoint():
         if rank == 0:
+            check_finite(dict(trainer.model.named_parameters()), f"stage {stage.name} at step {trainer.step}")
             tensors, meta = trainer.state()
             meta["stage"], meta["stage_index"] = stage.name, index
             save_checkpoint(ckpt_root, f"step-{index:02d}-{trainer.step:07d}", tensors, meta,
@@ -215,12 +233,14 @@ def run_stage(stage: Stage, index: int, *, run_dir: Path, build: Callable[[], tu
             break
         if step % tcfg.save_every == 0 and step < stage.steps:
             checkpoint()
+    trainer.check_ended_finite(stage.name)
     state = trainer.ema_model_state()
     if monitor is not None:
         if not monitor.stopped and monitor.last_step != trainer.step:  # e.g. ended by train.stage_minutes
             heldout()
         state = monitor.best_state(state)
     if rank == 0:
+        check_finite(state, f"stage {stage.name}")
         save_stage_weights(run_dir, stage, state)
         log.mark_done(stage.name)
     checkpoint()
