@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shlex
 import signal
 import time
 from pathlib import Path
@@ -60,6 +61,95 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def resume_run(opts: dict) -> Path | None:
+    """With ``--resume``, the run directory to continue (``--out``), checked before any work: it must hold
+    a run (its ``config.json``). None without --resume."""
+    if not opts.get("resume"):
+        return None
+    if not opts.get("out"):
+        raise click.UsageError("--resume needs --out RUN_DIR, the run to continue")
+    run = Path(opts["out"])
+    if not run.exists():
+        raise click.UsageError(f"{run} does not exist, so there is no run to resume; drop --resume to start one")
+    if not (run / "config.json").is_file():
+        raise click.UsageError(f"{run} holds no run to resume (no config.json); drop --resume to start one")
+    return run
+
+
+def _saved_config(run: Path):
+    from piti_core.config import load_config
+    from piti_core.plugins import get_plugin_manager
+
+    return load_config(run / "config.json", get_plugin_manager().task_sections())
+
+
+def run_kind(run: Path) -> tuple[str | None, str | None]:
+    """``(command, task)`` of a run directory: ("train", "sketch"), ("pretrain", ""), or None for what the
+    run does not record (runs written before piti recorded it). Read from config.json's ``task``, the
+    ``source`` in prior.json and run.json."""
+    import json
+
+    task = _saved_config(run).task or None
+    sources = []
+    for name in ("prior.json", "run.json"):
+        try:
+            meta = json.loads((run / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict):
+            sources.append(meta.get("source"))
+            task = task or (meta.get("task") or None)
+    if "pretrain" in sources:
+        return "pretrain", ""
+    return ("train" if task or "train" in sources else None), task
+
+
+def resumed_task(run: Path, given: str | None) -> str:
+    """The task of the run ``piti train --resume`` continues: the one it records; ``--task``, when given,
+    must name the same one (and names it for runs that do not record it)."""
+    command, task = run_kind(run)
+    if command == "pretrain":
+        raise click.UsageError(f"{run} is a `piti pretrain` run; resume it with: "
+                               f"{shlex.join(['piti', 'pretrain', '--out', str(run), '--resume'])}")
+    if task is None:
+        if given is None:
+            raise click.UsageError(f"{run} does not record its task (written by an older piti); "
+                                   "pass --task NAME with --resume")
+        return given
+    if given is not None and given != task:
+        raise click.UsageError(f"{run} is a run of task '{task}', not '{given}'; drop --task to resume it, "
+                               f"or train task '{given}' in another --out")
+    return task
+
+
+def check_pretrain_run(run: Path) -> None:
+    """``piti pretrain --resume`` continues a pretrain run only."""
+    command, task = run_kind(run)
+    if command == "train" and task:
+        raise click.UsageError(f"{run} is a run of task '{task}'; resume it with: "
+                               f"{shlex.join(['piti', 'train', '--out', str(run), '--resume'])}")
+
+
+def resumed_prior(prior: str | None, opts: dict) -> str | None:
+    """With --resume, the prior the run started from (prior.json): a run from scratch stays one."""
+    if not opts.get("resume") or not opts.get("out"):
+        return prior
+    from piti_core.train.finetune import saved_prior_choice
+
+    known, saved = saved_prior_choice(Path(opts["out"]))
+    if not known:
+        return prior
+    if prior is None:
+        return saved  # None: the shipped prior (train) or no warm start (pretrain), as when the run started
+    same = prior == saved or (prior != "none" and saved not in (None, "none")
+                              and Path(prior).resolve() == Path(saved).resolve())
+    if not same:
+        started = "--prior none" if saved == "none" else f"--prior {saved}" if saved else "no --prior"
+        raise click.UsageError(f"{opts['out']} was started with {started}; resume it with the same prior "
+                               "(or drop --prior to reuse it)")
+    return prior
+
+
 def resumed_config(config, opts: dict, task=None):
     """With ``--resume``, the run's saved ``config.json``: a resumed run continues with the settings it
     started with. Without --preset/--config/--set the saved config is used as it is; with them, they
@@ -70,13 +160,12 @@ def resumed_config(config, opts: dict, task=None):
         return config
     path = Path(opts["out"]) / "config.json"
     if not path.is_file():
-        return config  # prepare_run_dir says there is no run to resume
+        return config  # resume_run says there is no run to resume
     import attrs
 
-    from piti_core.config import config_to_dict, load_config
-    from piti_core.plugins import get_plugin_manager
+    from piti_core.config import config_to_dict
 
-    saved = load_config(path, get_plugin_manager().task_sections())
+    saved = _saved_config(Path(opts["out"]))
     params = click.get_current_context().params
     given = bool(params.get("preset") or params.get("config_files") or params.get("overrides"))
     base = config if given else saved
@@ -87,13 +176,54 @@ def resumed_config(config, opts: dict, task=None):
     if given and task is not None:  # what the run recorded from its data set (Task.run_config)
         cfg = task.run_config(cfg)
     a, b = _flat(config_to_dict(saved)), _flat(config_to_dict(cfg))
-    differ = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in RESUME_MAY_CHANGE]
+    # the task is checked by resumed_task (runs of older versions do not record it)
+    differ = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and k not in (*RESUME_MAY_CHANGE, "task")]
     if differ:
         shown = ", ".join(f"{k} ({a.get(k)!r} in config.json, {b.get(k)!r} given)" for k in differ[:3])
         more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
         raise click.UsageError(f"--resume continues {path} and the options change {shown}{more}; drop the "
                                "--preset/--config/--set/--data options that differ, or start a new run in another --out")
     return cfg
+
+
+def check_data_root(cfg) -> None:
+    """A data set given with --data or data.root must exist (checked before the run directory is made)."""
+    from piti_core.errors import DataError
+
+    root = cfg.data.root
+    if root and not Path(root).is_dir():
+        what = "is a file, not a data set folder" if Path(root).exists() else "does not exist"
+        raise DataError(f"data set {root} {what} (--data / data.root); give the folder of the data set, "
+                        "or none for the toy world")
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues this run: what config.json and prior.json do not record is repeated."""
+    ctx = click.get_current_context()
+    parts = ["piti"]
+    for module in ctx.find_root().params.get("plugin_modules") or ():
+        parts += ["-p", module]
+    parts += [ctx.info_name, "--out", str(run_dir), "--resume"]
+    p = ctx.params
+    if p.get("stage"):
+        parts += ["--stage", p["stage"]]
+    if p.get("device"):
+        parts += ["--device", p["device"]]
+    if p.get("no_preview"):
+        parts.append("--no-preview")
+    if p.get("use_compile"):
+        parts.append("--compile")
+    return shlex.join(parts)
+
+
+def _nothing_left(run_dir: Path, stages) -> bool:
+    """Whether the run is finished (run.json written) with every stage of ``stages`` done."""
+    from piti_core.train.session import RunLog
+
+    if not (run_dir / "run.json").is_file():
+        return False
+    done = set(RunLog(run_dir).progress().get("done", []))
+    return all(s.name in done for s in stages)
 
 
 def _default_out(name: str) -> Path:
@@ -199,10 +329,20 @@ class Display:
 
 def run_training(config, *, task, stages, prior_dir, default_name: str, next_hint, out, resume, overwrite, data,
                  skip_bad, device, dtype, no_preview, dry_run: bool = False, as_json: bool = False,
-                 source: str = "train", scratch: bool = False, use_compile: bool = False) -> None:
+                 source: str = "train", scratch: bool = False, use_compile: bool = False, note: str = "") -> None:
+    """Train ``stages`` into the run directory with a progress display; ``note`` is printed once the
+    options are checked. A resumed run with nothing left to train says so and exits 0."""
     import torch
 
     cfg = _apply_overrides(config, data, skip_bad, dtype)
+    check_data_root(cfg)
+    if resume and out and _nothing_left(Path(out), stages):
+        click.echo(f"{out} is complete: every stage ({', '.join(s.name for s in stages)}) is done, "
+                   "nothing is left to train", err=True)
+        click.echo(str(out))
+        return
+    if note:
+        click.echo(note, err=True)
     if dry_run:  # advisory: exit 0 whatever the verdict (docs/memory.md)
         from piti_cli.preflight_view import show_preflight
 
@@ -237,8 +377,7 @@ def run_training(config, *, task, stages, prior_dir, default_name: str, next_hin
               source=source, scratch=scratch, compile=use_compile)
     except Interrupted as exc:
         display.close()
-        click.echo(f"{exc}; resume with: piti {click.get_current_context().info_name} --out {run_dir} --resume",
-                   err=True)
+        click.echo(f"{exc}; resume with: {resume_command(run_dir)}", err=True)
         raise click.exceptions.Exit(130)
     finally:
         display.close()

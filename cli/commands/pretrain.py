@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from piti_cli.options import config_options
-from piti_cli.training import common_train_options, resumed_config, run_training
+from piti_cli.training import (check_pretrain_run, common_train_options, resume_run, resumed_config, resumed_prior,
+                               run_training)
 
 
 @click.command("pretrain")
@@ -22,9 +25,11 @@ def command(stage: str | None, prior: str | None, config, **opts) -> None:
     """
     from piti_core.train.finetune import prior_stages
 
-    from pathlib import Path
-
+    run = resume_run(opts)
+    if run is not None:
+        check_pretrain_run(run)
     config = resumed_config(config, opts)
+    prior = resumed_prior(prior, opts)
     stages = prior_stages(config, stage)
     run_training(config, task=None, stages=stages, prior_dir=Path(prior) if prior else None,
                  default_name=f"prior-{config.preset}",

@@ -12,8 +12,8 @@ import torch
 
 from piti_core.errors import CheckpointError, UsageError
 from piti_core.train.recipe import Stage, piti_stages, pretrain_stages, select, stage_parameters
-from piti_core.train.session import (Callback, RunLog, finished_models, load_stage_weights, prepare_run_dir,
-                                    run_stage)
+from piti_core.train.session import (Callback, RunLog, check_finite, finished_models, load_stage_weights,
+                                    prepare_run_dir, run_stage)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -237,7 +237,9 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
     if scratch and prior_dir is not None:
         raise UsageError(f"a run from scratch takes no prior, got {prior_dir}; drop one of the two")
     if task is not None:  # the run's config.json must not need the data set later (Task.run_config)
-        cfg = task.run_config(cfg)
+        import attrs
+
+        cfg = attrs.evolve(task.run_config(cfg), task=task.name)  # what --resume continues
     run_dir = Path(run_dir)
     dev0 = torch.device(device)
     info = init_distributed(dev0)
@@ -259,7 +261,8 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
         prepare_run_dir(run_dir, resume=resume, overwrite=overwrite)
         if not resume:
             save_config(cfg, run_dir / "config.json")
-            save_prior_choice(run_dir, "none" if scratch else str(prior_dir) if prior_dir is not None else None)
+            save_prior_choice(run_dir, "none" if scratch else str(prior_dir) if prior_dir is not None else None,
+                              source)
     if info.enabled:
         import torch.distributed as dist
 
@@ -292,6 +295,8 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
         if info.rank == 0:
             channels = None if task is None else task.condition_spec(cfg).channels
             models = {**finished_models(run_dir), **results}  # stages run earlier with --stage count too
+            for name, state in models.items():  # the finished run never holds NaN/inf weights
+                check_finite(state, f"the {name} model of {run_dir}")
             done_now = RunLog(run_dir).progress()["done"]
             extra = {"stages": done_now, "prior": "none" if scratch else str(prior_dir) if prior_dir else None}
             if fewshot is not None:
@@ -306,13 +311,14 @@ def train(cfg, *, task, run_dir, stages: list[Stage], prior_dir: Path | None, re
 PRIOR_JSON = "prior.json"
 
 
-def save_prior_choice(run_dir: Path, prior: str | None) -> None:
-    """Record where the decoders came from ("none" = from scratch), so ``--resume`` can reuse it."""
+def save_prior_choice(run_dir: Path, prior: str | None, source: str = "train") -> None:
+    """Record where the decoders came from ("none" = from scratch) and which command trains the run
+    (``source``: "train" or "pretrain"), so ``--resume`` can reuse both."""
     import json
 
     from piti_core.io import atomic_write_text
 
-    atomic_write_text(Path(run_dir) / PRIOR_JSON, json.dumps({"prior": prior}) + "\n")
+    atomic_write_text(Path(run_dir) / PRIOR_JSON, json.dumps({"prior": prior, "source": source}) + "\n")
 
 
 def saved_prior_choice(run_dir: Path) -> tuple[bool, str | None]:

@@ -62,26 +62,26 @@ def test_cli_prior_none(data_dir, tmp_path, one_thread):
     assert "prior: none" in res.stderr
     meta = json.loads((run / "run.json").read_text())
     assert meta["prior"] == "none" and set(meta["models"]) == {"base"}
-    assert json.loads((run / "prior.json").read_text()) == {"prior": "none"}
+    assert json.loads((run / "prior.json").read_text()) == {"prior": "none", "source": "train"}
     # --resume reuses the recorded choice: a run from scratch cannot silently pick up the shipped prior
-    from piti_cli.commands.train import _resumed_prior
+    from piti_cli.training import resumed_prior
 
-    assert _resumed_prior(None, {"resume": True, "out": str(run)}) == "none"
-    assert _resumed_prior("none", {"resume": True, "out": str(run)}) == "none"
-    assert _resumed_prior(None, {"resume": False, "out": str(run)}) is None  # a new run: the default prior
+    assert resumed_prior(None, {"resume": True, "out": str(run)}) == "none"
+    assert resumed_prior("none", {"resume": True, "out": str(run)}) == "none"
+    assert resumed_prior(None, {"resume": False, "out": str(run)}) is None  # a new run: the default prior
     res = CliRunner().invoke(cli, ["train", "--task", "sketch", "--preset", "tiny", "--data", str(data_dir),
                                    "--prior", str(tmp_path), "--resume", "--out", str(run), *args])
     assert res.exit_code == 2 and "was started with --prior none" in res.output and "Traceback" not in res.output
 
 
 def test_prior_record_of_a_run_with_the_shipped_prior(data_dir, prior_dir, tmp_path, one_thread):
-    from piti_cli.commands.train import _resumed_prior
+    from piti_cli.training import resumed_prior
     from piti_core.train.finetune import saved_prior_choice
 
     cfg, host = tiny_config(data_dir, *STEPS)
     _train(cfg, host, tmp_path / "run", prior_dir, scratch=False)
     assert saved_prior_choice(tmp_path / "run") == (True, str(prior_dir))
-    assert _resumed_prior(None, {"resume": True, "out": str(tmp_path / "run")}) == str(prior_dir)
+    assert resumed_prior(None, {"resume": True, "out": str(tmp_path / "run")}) == str(prior_dir)
     assert saved_prior_choice(tmp_path / "elsewhere") == (False, None)  # runs written before prior.json
     (tmp_path / "run" / "prior.json").write_text("{")
     with pytest.raises(Exception, match="not a valid prior record"):
