@@ -20,6 +20,8 @@ from piti_core.errors import CheckpointError, DataError
 from piti_core.host_memory import keep_freed_memory
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
+SAMPLE_FORMAT = "piti-sample/1"  # settings.json of `piti sample`
+SETTINGS_JSON = "settings.json"
 
 
 def list_inputs(source: str | Path) -> list[Path]:
@@ -52,8 +54,8 @@ def prepare_for_sampling(model: torch.nn.Module, compute: torch.dtype, device) -
 def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False, verb: str = "sample"):
     """The run's models ready to sample with ``settings``: ``(run, task, names, compute dtype)``.
 
-    Checks the sampler and guidance names and that the run has a base model (one line naming the run
-    otherwise, ``verb`` saying what the caller does), loads the base and upsampler on ``device``,
+    Checks the sampler and guidance names, that the run has a base model and that its task is installed
+    (a CheckpointError naming the run otherwise, ``verb`` saying what the caller does), loads the base and upsampler on ``device``,
     prepares them for sampling (:func:`prepare_for_sampling`) and compiles them with ``compile``.
     Shared by ``piti sample`` and ``piti eval``.
     """
@@ -111,7 +113,7 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
     existing file is replaced only when an earlier ``piti sample`` listed it in its settings.json (and
     ``overwrite``), and nothing is written unless every image was sampled.
     """
-    from piti_core.io import OutputFolder
+    from piti_core.io import OutputFolder, atomic_write_text
 
     out_dir = Path(out_dir)
     stems = _unique_stems(inputs)
@@ -129,14 +131,8 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
         record = {"format": SAMPLE_FORMAT, "run": str(Path(run_dir)), "task": task.name, "models": names,
                   "settings": {**attrs.asdict(settings), "device": str(device), "dtype": dtype, "compile": compile},
                   "outputs": written, "files": sorted(p.name for p in folder.stage.iterdir()) + [SETTINGS_JSON]}
-        from piti_core.io import atomic_write_text
-
         atomic_write_text(folder.stage / SETTINGS_JSON, json.dumps(record, indent=2) + "\n")
     return {"out": str(out_dir), "grid": str(out_dir / "grid.png"), "outputs": written}
-
-
-SAMPLE_FORMAT = "piti-sample/1"
-SETTINGS_JSON = "settings.json"
 
 
 def output_names(stem: str) -> dict[str, str]:
@@ -231,12 +227,18 @@ def _stage(callback, name: str, batch: str):
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
-    seen: dict[str, int] = {}
+    """One output stem per input: its file stem, with ``-2``, ``-3`` ... when one of its output names is
+    taken by an earlier input's (``a.png`` and ``a.jpg``; ``x.png``'s ``x_base.png`` and the input
+    ``x_base.png``) or is the grid's or settings.json's."""
+    taken = {"grid.png", SETTINGS_JSON}
     out = []
     for p in paths:
-        n = seen.get(p.stem, 0)
-        seen[p.stem] = n + 1
-        out.append(p.stem if n == 0 else f"{p.stem}-{n + 1}")
+        stem, n = p.stem, 1
+        while taken & set(output_names(stem).values()):
+            n += 1
+            stem = f"{p.stem}-{n}"
+        taken.update(output_names(stem).values())
+        out.append(stem)
     return out
 
 

@@ -176,3 +176,20 @@ def test_non_finite_samples_are_an_error_naming_the_run(run_dir, sketches, tmp_p
     res = _sample(run_dir, sketches, out)
     assert res.exit_code == 1 and str(run_dir) in res.stderr and "non-finite" in res.stderr
     assert "Traceback" not in res.output and not out.exists()
+
+
+def test_inputs_whose_outputs_would_share_a_name_get_distinct_stems(run_dir, tmp_path):
+    """x.png's base sample is x_base.png, as is the input x_base.png's image; an input grid.png's image
+    would be the grid: every output gets its own file."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("grid.png", "x.png", "x_base.png"):
+        arr = np.full((40, 40), 255, np.uint8)
+        arr[10 + len(name), 5:35] = 0
+        Image.fromarray(arr).save(folder / name)
+    out = tmp_path / "out"
+    res = _sample(run_dir, folder, out, "--json")
+    assert res.exit_code == 0, res.output
+    outputs = json.loads(res.stdout)["outputs"]
+    files = [o[k] for o in outputs for k in ("image", "base", "condition")]
+    assert len(set(files)) == 9 and len(list(out.iterdir())) == 11  # 9 images, grid.png, settings.json

@@ -79,7 +79,8 @@ def test_mask_refuses_transparent_pixels_and_keeps_an_opaque_alpha(tmp_path):
     task = HOST.task("mask")
     Image.fromarray(ids).save(tmp_path / "ids.png")
     Image.fromarray(rgba, "RGBA").save(tmp_path / "opaque.png")
-    torch.testing.assert_close(task.preprocess(tmp_path / "opaque.png", CFG), task.preprocess(tmp_path / "ids.png", CFG))
+    want = task.preprocess(tmp_path / "ids.png", CFG)
+    torch.testing.assert_close(task.preprocess(tmp_path / "opaque.png", CFG), want)
     rgba[:5, :5, 3] = 0
     Image.fromarray(rgba, "RGBA").save(tmp_path / "holes.png")
     with pytest.raises(DataError, match="holes.png: has 25 transparent pixel"):
