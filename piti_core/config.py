@@ -322,7 +322,10 @@ def _convert(value: Any, typ: Any, converter: Any) -> Any:
     if typ is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError(f"expected an integer, got {value!r}")
-        return int(value)
+        number = int(value)
+        if not -(2**63) <= number < 2**64:  # what torch takes (seeds up to 2**64 - 1)
+            raise ValueError(f"{value!r} is out of range")
+        return number
     if typ is float:
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")

@@ -126,7 +126,7 @@ def test_saved_config_missing_a_newer_key_keeps_the_old_behaviour():
 @pytest.mark.parametrize("override", [
     "train.lr=inf", "train.lr=nan", "train.lr=-inf", "train.grad_clip=1e999", "train.stage_minutes=inf",
     "train.weight_decay=inf", "sample.guidance_scale=inf", "fewshot.rotate=nan", "foo.ratio=inf",
-    "model.channel_mult=[1, 1e999]", "train.batch_size=inf", "train.batch_size=[inf]",
+    "model.channel_mult=[1, 1e999]", "train.batch_size=inf", "train.batch_size=[inf]", "train.seed=1e300",
 ])
 def test_non_finite_numbers_are_refused(override):
     """inf and NaN are refused in every section, a task's included, as one ConfigError naming the key."""

@@ -39,3 +39,26 @@ def test_a_stage_ending_on_nonfinite_steps_is_an_error():
     trainer.train_step()
     with pytest.raises(TrainingError, match="stage stage1 ended on 1 NaN/inf steps in a row \\(from step 2\\)"):
         trainer.check_ended_finite("stage1")
+
+
+def test_fp16_skips_are_the_scalers_until_the_weights_break():
+    """With fp16 the gradient scaler skips overflowing steps itself; NaN weights still end training."""
+    from piti_core.config import resolve_config
+    from piti_core.train.loop import BatchStream, Trainer
+    from tests.train.test_trainer import Data
+
+    model = torch.nn.Linear(2, 1)
+
+    def loss_fn(batch, trainer):
+        return model(batch["x"]).pow(2).mean() * float("inf"), {}
+
+    trainer = Trainer(model=model, groups=[("all", list(model.named_parameters()), 1e-2)], loss_fn=loss_fn,
+                      stream=BatchStream(Data(), 2, 0), tcfg=resolve_config(preset="tiny").train,
+                      device=torch.device("cpu"), dtype=torch.float16, max_nonfinite=3)
+    for _ in range(5):  # the scaler lowers its scale: no error while the weights are fine
+        trainer.train_step()
+    trainer.check_ended_finite("stage2")
+    with torch.no_grad():
+        model.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="NaN/inf for 6 steps in a row.*--dtype fp32"):
+        trainer.train_step()
