@@ -144,7 +144,8 @@ def resumed_prior(prior: str | None, opts: dict) -> str | None:
     same = prior == saved or (prior != "none" and saved not in (None, "none")
                               and Path(prior).resolve() == Path(saved).resolve())
     if not same:
-        started = "--prior none" if saved == "none" else f"--prior {saved}" if saved else "no --prior"
+        default = "no --prior" if click.get_current_context().info_name == "pretrain" else "the shipped prior"
+        started = "--prior none" if saved == "none" else f"--prior {saved}" if saved else default
         raise click.UsageError(f"{opts['out']} was started with {started}; resume it with the same prior "
                                "(or drop --prior to reuse it)")
     return prior
@@ -191,8 +192,8 @@ def check_data_root(cfg) -> None:
     from piti_core.errors import DataError
 
     root = cfg.data.root
-    if root and not Path(root).is_dir():
-        what = "is a file, not a data set folder" if Path(root).exists() else "does not exist"
+    if root and not Path(root).expanduser().is_dir():
+        what = "is a file, not a data set folder" if Path(root).expanduser().exists() else "does not exist"
         raise DataError(f"data set {root} {what} (--data / data.root); give the folder of the data set, "
                         "or none for the toy world")
 
