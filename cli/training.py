@@ -144,7 +144,8 @@ def resumed_prior(prior: str | None, opts: dict) -> str | None:
     same = prior == saved or (prior != "none" and saved not in (None, "none")
                               and Path(prior).resolve() == Path(saved).resolve())
     if not same:
-        default = "no --prior" if click.get_current_context().info_name == "pretrain" else "the shipped prior"
+        ctx = click.get_current_context(silent=True)
+        default = "no --prior" if ctx is not None and ctx.info_name == "pretrain" else "the shipped prior"
         started = "--prior none" if saved == "none" else f"--prior {saved}" if saved else default
         raise click.UsageError(f"{opts['out']} was started with {started}; resume it with the same prior "
                                "(or drop --prior to reuse it)")
