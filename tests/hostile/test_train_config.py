@@ -191,3 +191,9 @@ def test_device_cuda_without_cuda(tmp_path):
     res = invoke("train", "--task", "sketch", "--device", "cuda", "--out", tmp_path / "run")
     assert_clean_failure(res, 2, mentions=["--device"])
     assert not (tmp_path / "run").exists()
+
+
+def test_train_without_task(tmp_path):
+    res = invoke("train", "--out", tmp_path / "run")
+    assert_clean_failure(res, 2, mentions=["--task"])
+    assert not (tmp_path / "run").exists()
