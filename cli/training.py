@@ -338,6 +338,10 @@ def run_training(config, *, task, stages, prior_dir, default_name: str, next_hin
 
     cfg = _apply_overrides(config, data, skip_bad, dtype)
     check_data_root(cfg)
+    if not dry_run:  # PITI_HOME must hold the toy world before the run folder is made
+        from piti_core.data.default import check_default_data
+
+        check_default_data(cfg)
     if resume and out and _nothing_left(Path(out), stages):
         click.echo(f"{out} is complete: every stage ({', '.join(s.name for s in stages)}) is done, "
                    "nothing is left to train", err=True)

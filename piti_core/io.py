@@ -73,12 +73,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def check_writable(path: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing file or non-empty directory unless ``overwrite``."""
-    if _non_empty(Path(path)) and not overwrite:
-        raise UsageError(f"{path} already exists; pass --overwrite to replace it or choose another path")
-
-
 def relative_name(name) -> str | None:
     """``name`` as a POSIX path inside a folder, or None when it is not a string, is absolute or climbs
     out of the folder (``..``)."""

@@ -39,7 +39,7 @@ def save_run(run_dir, config, models: Mapping[str, Any], *, task: str, cond_chan
              source: str, extra: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``config`` and ``models`` (name → nn.Module or state dict) into ``run_dir``.
 
-    Overwrite protection is the caller's job (:func:`piti_core.io.check_writable`).
+    Overwrite protection is the caller's job (:class:`piti_core.io.OutputFolder`, :func:`run_files`).
     """
     from safetensors.torch import save_file
 
@@ -90,6 +90,16 @@ def read_run_meta(run_dir) -> dict:
     for name, file in meta["models"].items():
         _check_model_file(path, name, file)
     return meta
+
+
+def run_files(run_dir) -> set[str]:
+    """The files a piti run in ``run_dir`` consists of (run.json, config.json and its model files), from its
+    run.json; empty when ``run_dir`` holds no valid run. What ``piti convert --overwrite`` may replace."""
+    try:
+        meta = read_run_meta(run_dir)
+    except CheckpointError:
+        return set()
+    return {RUN_JSON, CONFIG_JSON, *meta["models"].values()}
 
 
 def _check_model_file(path: Path, name: str, file) -> None:

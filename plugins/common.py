@@ -30,10 +30,10 @@ def load_rgb(source: "str | Path | Any"):
     """RGB uint8 (H, W, 3) from a path (checked like a data-set image) or a PIL image."""
     import numpy as np
 
-    from piti_core.data.readers import read_image
+    from piti_core.data.readers import read_image, to_rgb
 
     if is_pil(source):
-        return np.asarray(source.convert("RGB"), dtype=np.uint8)
+        return np.asarray(to_rgb(source), dtype=np.uint8)  # transparency composited over white
     return read_image(Path(source))
 
 

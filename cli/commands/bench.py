@@ -66,9 +66,13 @@ def command(device, dtype, batch_size, steps, warmup, which, cond_channels, thre
         if json_file:
             from pathlib import Path
 
-            from piti_core.io import atomic_write_text, check_writable
+            from piti_core.io import OutputFolder, atomic_write_text
 
-            check_writable(Path(json_file), overwrite)
+            target = Path(json_file)  # --overwrite replaces an earlier bench result only, never a user's file
+            ours = [target.name] if _is_bench_result(target) else []
+            OutputFolder(target.parent, owned=ours, overwrite=True, command="piti bench").claim([target.name])
+            if target.exists() and not overwrite:
+                raise click.UsageError(f"{target} already exists; pass --overwrite to replace it")
 
             def write(result):
                 atomic_write_text(Path(json_file), json.dumps(result, indent=2) + "\n")
@@ -105,3 +109,11 @@ def command(device, dtype, batch_size, steps, warmup, which, cond_channels, thre
                    f"({100 * t['fraction_of_matmul']:.0f}% of matmul)   peak {_fmt_bytes(t['peak_memory_bytes'])}")
         click.echo(f"  sample  {s['evals_per_s']:8.3f} eval/s  {s['flops_per_s'] / 1e9:8.1f} GFLOP/s "
                    f"({100 * s['fraction_of_matmul']:.0f}% of matmul)   peak {_fmt_bytes(s['peak_memory_bytes'])}")
+
+
+def _is_bench_result(path) -> bool:
+    """Whether ``path`` is a result file an earlier ``piti bench --compare --json-file`` wrote."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == "piti-bench-compare/1"
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -38,17 +38,14 @@ def command(base, upsampler, task, out, glide, cond_channels, seed, overwrite, a
     The model sizes come from the weights; --preset/--config/--set give everything else (task
     options, training and sampling settings) and are saved in the run's config.json.
     """
-    from pathlib import Path
 
     from piti_cli.ui import status
     from piti_core.convert import convert_checkpoints
     from piti_core.errors import UsageError
-    from piti_core.io import check_writable
     from piti_core.plugins import get_plugin_manager
 
     if base is None and upsampler is None:
         raise UsageError("give --base and/or --upsampler")
-    check_writable(Path(out), overwrite)  # before reading gigabytes
     expected = cond_channels
     if expected is None:
         expected = get_plugin_manager().task(task).condition_spec(config).channels

@@ -125,10 +125,10 @@ def oracle(out: str, n: int, seed: int, steps: int, batch_size: int, lr: float, 
     from piti_cli.ui import progress, status
     from piti_core.errors import UsageError
     from piti_core.eval.oracle import Oracle
-    from piti_core.eval.oracle_train import OracleTrainOptions, evaluate_oracle, save_oracle, train_oracle
-    from piti_core.io import check_writable
+    from piti_core.eval.oracle_train import (OracleTrainOptions, check_oracle_out, evaluate_oracle, save_oracle,
+                                             train_oracle)
 
-    check_writable(out, overwrite)  # before training, not after
+    check_oracle_out(out, overwrite)  # before training, not after
     if eval_seed == seed:
         raise UsageError(f"--eval-seed {eval_seed} equals --seed: the held-out renders must come from another world")
     if threads:

@@ -221,17 +221,19 @@ def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=Non
     receives ``{"stage": "read"|"convert"|"write", "model": name}`` dicts ("read" once a file is read and
     checked, so a bad file fails before any status).
     """
-    from piti_core.io import check_writable
-    from piti_core.runs import save_run
+    from piti_core.io import OutputFolder
+    from piti_core.runs import CONFIG_JSON, RUN_JSON, run_files, save_run
 
     if base is None and upsampler is None:
         raise CheckpointError("nothing to convert: give a base and/or an upsampler checkpoint")
     if glide and not cond_channels:
         raise CheckpointError("converting GLIDE checkpoints needs the task's condition channels (cond_channels)")
     out = Path(out)
-    check_writable(out, overwrite)
-    notify = callback or (lambda info: None)
     paths = {k: p for k, p in (("base", base), ("upsampler", upsampler)) if p is not None}
+    # --overwrite replaces an earlier run's own files only, never a user's file of the same name
+    OutputFolder(out, owned=run_files(out), overwrite=overwrite, command="a piti run").claim(
+        [CONFIG_JSON, RUN_JSON, *(f"{kind}.safetensors" for kind in paths)])
+    notify = callback or (lambda info: None)
     models = {}
     sds = {}
     for kind, path in paths.items():

@@ -156,6 +156,9 @@ def _prepare(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UsageError(f"{out} is not empty; pass --overwrite to replace it or choose another folder")
+        if not _is_toyworld(out):
+            raise UsageError(f"{out} holds files piti did not write (no toy-world dataset.json); piti never "
+                             "replaces them: choose another folder")
         for sub in FOLDERS:  # remove a previous world's files only, never anything else
             for f in (out / sub).glob("*.png") if (out / sub).is_dir() else ():
                 if _STEM.match(f.name):
@@ -164,6 +167,15 @@ def _prepare(out: Path, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
     for sub in FOLDERS:
         (out / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _is_toyworld(out: Path) -> bool:
+    """Whether ``out/dataset.json`` is one :func:`write_toyworld` wrote."""
+    try:
+        info = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and str(info.get("generator", "")).startswith("piti toyworld")
 
 
 def write_toyworld(out_dir, n: int, size: int, seed: int, *, callback: Callable[[int, int], None] | None = None,

@@ -192,20 +192,38 @@ def evaluate_oracle(oracle: Oracle, n: int, seed: int, *, start: int = 0, size: 
             **normal_scores(pred["normals"], data["normals"], valid.squeeze(1))}
 
 
+def check_oracle_out(folder: str | Path, overwrite: bool) -> Path:
+    """UsageError unless ``folder`` can take an oracle: empty, or (with ``overwrite``) holding an earlier
+    oracle whose three files are the only ones replaced; a user's file of the same name is never replaced."""
+    from piti_core.io import OutputFolder
+
+    folder = Path(folder).expanduser()
+    names = (WEIGHTS, TRAINING, CONFIG)
+    ours = names if _is_oracle(folder) else ()
+    OutputFolder(folder, owned=ours, overwrite=overwrite, command="piti data oracle").claim(names)
+    return folder
+
+
+def _is_oracle(folder: Path) -> bool:
+    """Whether ``folder`` holds an oracle :func:`save_oracle` wrote (its weights' metadata says so)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(folder / WEIGHTS), framework="pt") as fh:
+            return (fh.metadata() or {}).get("format") == "piti-oracle/1"
+    except (SafetensorError, OSError):
+        return False
+
+
 def save_oracle(folder: str | Path, net: OracleNet, record: dict, overwrite: bool = False) -> Path:
     """Write ``oracle.safetensors``, ``training.json`` and ``config.json`` (last) into ``folder``, atomically;
     refuses a non-empty folder unless ``overwrite``."""
     from safetensors.torch import save_file
 
     from piti_core.data.toyworld import CLASSES, VERSION
-    from piti_core.io import atomic_write, atomic_write_text, check_writable
+    from piti_core.io import atomic_write, atomic_write_text
 
-    folder = Path(folder).expanduser()
-    check_writable(folder, overwrite)
-    if folder.exists() and not folder.is_dir():
-        from piti_core.errors import UsageError
-
-        raise UsageError(f"{folder} is a file; choose a folder for the oracle")
+    folder = check_oracle_out(folder, overwrite)
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, str(tmp), metadata={"format": "piti-oracle/1"}))
     record = dict(record, toyworld_version=VERSION, python=sys.version.split()[0])

@@ -30,9 +30,10 @@ def prior_decoders(prior_dir: Path | None, cfg) -> dict[str, dict[str, torch.Ten
     Accepts text-prior runs (``piti pretrain``: text_base / text_upsampler), converted GLIDE or PITI
     runs and earlier ``piti train`` runs (base / upsampler). The architecture must match ``cfg``.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from piti_core.models.build import build_base, build_upsampler
+    from piti_core.models.build import build_base, build_upsampler, check_weights
     from piti_core.runs import read_run_meta
 
     if prior_dir is None:
@@ -46,8 +47,13 @@ def prior_decoders(prior_dir: Path | None, cfg) -> dict[str, dict[str, torch.Ten
         name = next((n for n in names if n in meta["models"]), None)
         if name is None:
             continue
-        state = load_file(str(Path(prior_dir) / meta["models"][name]))
+        path = Path(prior_dir) / meta["models"][name]
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"prior {path} cannot be read as safetensors: {exc}") from None
         dec = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
+        check_weights(dec, f"prior {path}")
         with torch.device("meta"):
             expected = builder(cfg, 1).decoder.state_dict()
         _check_match(dec, expected, f"prior {prior_dir} ({name})", cfg.preset)
