@@ -6,8 +6,10 @@ A config is resolved in three layers, later ones winning::
 
 Every section is a frozen attrs class with validators. An unknown key anywhere is a
 :class:`~piti_core.errors.ConfigError` that lists the valid keys. Task plugins may declare their own
-section (``[sketch]``, ``[fewshot]`` ...) through ``Task.config_class``; those sections are passed to
-:func:`resolve_config` as ``extra_sections`` and validated the same way.
+section through ``Task.config_class``; it lives under the ``tasks`` namespace (``[tasks.mask]`` in TOML,
+``--set tasks.mask.encoding=rgb``, ``"tasks": {"mask": ...}`` in config.json), is passed to
+:func:`resolve_config` as ``extra_sections`` and validated the same way. The earlier top-level form
+(``[mask]``, ``--set mask.encoding=rgb``, config.json files with top-level task sections) is still read.
 
 Importing this module does not import torch.
 """
@@ -265,6 +267,7 @@ SECTIONS: dict[str, type] = {
     "fewshot": FewShotConfig,
 }
 SCALARS = ("preset", "task")
+TASKS = "tasks"  # the namespace of task-plugin sections: [tasks.NAME]
 
 # ------------------------------------------------------------------------------------------ presets
 
@@ -451,11 +454,13 @@ def resolve_config(
     tree: dict[str, Any] = {}
     origins: dict[str, str] = {}  # dotted key -> the file that gave it (named in errors)
     for path in files:
-        _merge(tree, load_toml(path), str(path), origins)
+        _merge(tree, _namespaced(load_toml(path), extra_sections, str(path)), str(path), origins)
     if data:
-        _merge(tree, data, "config")
+        _merge(tree, _namespaced(data, extra_sections, "config"), "config")
     for text in overrides:
         parts, value = parse_override(text)
+        if _is_legacy_task_key(parts[0], extra_sections):  # --set mask.encoding=rgb: tasks.mask.encoding
+            parts = [TASKS, *parts]
         node = tree
         for part in parts[:-1]:
             node = node.setdefault(part, {})
@@ -467,10 +472,11 @@ def resolve_config(
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
 
-    valid = set(SCALARS) | set(SECTIONS) | set(extra_sections)
+    valid = set(SCALARS) | set(SECTIONS) | {TASKS}
     for key in tree:
         if key not in valid:
-            raise _unknown(key, valid, _origin(origins, *(k for k in origins if k.split(".")[0] == key)))
+            shown = valid - {TASKS} | {f"{TASKS}.{t}" for t, c in extra_sections.items() if c is not None}
+            raise _unknown(key, shown, _origin(origins, *(k for k in origins if k.split(".")[0] == key)))
     task = tree.pop("task", "")
     if not isinstance(task, str):
         raise ConfigError(f"bad value for 'task': expected a task name, got {task!r}")
@@ -483,26 +489,63 @@ def resolve_config(
         if not isinstance(given, Mapping):
             raise ConfigError(f"'{section}' must be a section ([{section}]), not a value")
         built[section] = _build_section(cls, obj, given, section, origins)
+    tasks = _build_tasks(tree.get(TASKS, {}), extra_sections, origins)
+    return PitiConfig(preset=name, task=task, tasks=tasks, **built)
+
+
+def _is_legacy_task_key(key: str, extra_sections: Mapping[str, Any]) -> bool:
+    """Whether top-level ``key`` is a task section in the earlier, un-namespaced form (``[mask]``)."""
+    return key in extra_sections and key not in SECTIONS and key not in SCALARS and key != TASKS
+
+
+def _namespaced(layer: Mapping[str, Any], extra_sections: Mapping[str, Any], where: str) -> dict:
+    """``layer`` with its top-level task sections (``[mask]``) moved under ``tasks`` (``[tasks.mask]``);
+    the same task given in both forms in one layer is a ConfigError naming ``where``."""
+    out = {k: v for k, v in layer.items() if not _is_legacy_task_key(k, extra_sections)}
+    moved = {k: v for k, v in layer.items() if _is_legacy_task_key(k, extra_sections)}
+    if not moved:
+        return out
+    namespace = out.get(TASKS, {})
+    if not isinstance(namespace, Mapping):
+        return out | {TASKS: namespace}  # reported as "not a section" by _build_tasks
+    both = sorted(set(moved) & set(namespace))
+    if both:
+        raise ConfigError(f"task '{both[0]}' has options both in [{both[0]}] and [{TASKS}.{both[0]}] in {where}; "
+                          f"keep [{TASKS}.{both[0]}]")
+    out[TASKS] = {**namespace, **moved}
+    return out
+
+
+def _build_tasks(given: Any, extra_sections: Mapping[str, type | None], origins: Mapping[str, str]) -> dict:
+    """The validated option objects of every task that declares a config class, from ``[tasks.NAME]``."""
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"'{TASKS}' must be a table of task sections ([{TASKS}.NAME]), not a value")
+    valid = [f"{TASKS}.{t}" for t, c in extra_sections.items() if c is not None]
+    for tname, values in given.items():
+        key = f"{TASKS}.{tname}"
+        where = _origin(origins, *(k for k in origins if k.startswith(key + ".")))
+        if tname not in extra_sections:
+            raise _unknown(key, valid or ["none (no installed task takes options)"], where)
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"'{key}' must be a section ([{key}]), not a value{where}")
+        if extra_sections[tname] is None and values:
+            raise ConfigError(f"task '{tname}' takes no options, but [{key}] was given{where}")
     tasks = {}
     for tname, cls in extra_sections.items():
-        if cls is None:
-            if tree.get(tname):
-                raise ConfigError(f"task '{tname}' takes no options, but [{tname}] was given")
-            continue
-        tasks[tname] = _build_section(cls, None, tree.get(tname, {}), tname, origins)
-    return PitiConfig(preset=name, task=task, tasks=tasks, **built)
+        if cls is not None:
+            tasks[tname] = _build_section(cls, None, given.get(tname, {}), f"{TASKS}.{tname}", origins)
+    return tasks
 
 
 # ------------------------------------------------------------------------------------ serialisation
 
 
 def config_to_dict(cfg: PitiConfig) -> dict[str, Any]:
-    """A JSON-ready dict; task sections are flattened to the top level, as in TOML files."""
+    """A JSON-ready dict; task sections under ``tasks``, as ``[tasks.NAME]`` in TOML files."""
     out: dict[str, Any] = {"preset": cfg.preset, "task": cfg.task}
     for section in SECTIONS:
         out[section] = attrs.asdict(getattr(cfg, section))
-    for tname, obj in cfg.tasks.items():
-        out[tname] = attrs.asdict(obj)
+    out[TASKS] = {tname: attrs.asdict(obj) for tname, obj in cfg.tasks.items()}
     return out
 
 
@@ -519,10 +562,23 @@ def config_from_json(text: str, extra_sections: Mapping[str, type] | None = None
     if not isinstance(data, dict):
         raise ConfigError("config JSON must be an object")
     extra = dict(extra_sections or {})
-    for key in data:  # a run may hold sections of tasks whose plugin is not installed here
-        if key not in SECTIONS and key not in SCALARS and key not in extra:
+    for key in data:  # earlier configs hold task sections at the top level
+        if key not in SECTIONS and key not in SCALARS and key != TASKS and key not in extra:
             raise ConfigError(f"config has section '{key}' but no installed task declares it")
-    return resolve_config(data=_with_class_defaults(data), extra_sections=extra)
+    return resolve_config(data=_with_class_defaults(_installed_tasks_only(data, extra)), extra_sections=extra)
+
+
+def _installed_tasks_only(data: Mapping[str, Any], extra: Mapping[str, Any]) -> dict:
+    """``data`` without the ``tasks`` sections of tasks not installed here, other than the config's own
+    task (a run needs the options of its task only); the config's own task missing is a ConfigError."""
+    namespace = data.get(TASKS)
+    if not isinstance(namespace, Mapping):
+        return dict(data)
+    own = data.get("task")
+    for tname in namespace:
+        if tname not in extra and tname == own:
+            raise ConfigError(f"config has section '{TASKS}.{tname}' but no installed task declares it")
+    return {**data, TASKS: {t: v for t, v in namespace.items() if t in extra}}
 
 
 def _with_class_defaults(data: Mapping[str, Any]) -> dict[str, Any]:

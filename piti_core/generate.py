@@ -59,12 +59,13 @@ def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False
     prepares them for sampling (:func:`prepare_for_sampling`) and compiles them with ``compile``.
     Shared by ``piti sample`` and ``piti eval``.
     """
-    from piti_core.diffusion import get_guidance, get_sampler
+    from piti_core.diffusion import get_guidance
     from piti_core.plugins import get_plugin_manager
     from piti_core.precision import resolve_dtype
-    from piti_core.runs import load_run, read_run_meta
+    from piti_core.runs import load_run, read_run_meta, run_sampler
 
-    get_sampler(settings.sampler), get_sampler(settings.upsampler_sampler), get_guidance(settings.guidance)
+    run_sampler(run_dir, settings, "sampler"), run_sampler(run_dir, settings, "upsampler_sampler")
+    get_guidance(settings.guidance)
     host = get_plugin_manager()
     meta = read_run_meta(run_dir)
     names = [n for n in ("base", "upsampler") if n in meta["models"]]

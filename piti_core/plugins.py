@@ -25,7 +25,7 @@ import attrs
 import pluggy
 
 from piti_core import hookspecs
-from piti_core.errors import PluginError, UsageError
+from piti_core.errors import ConfigError, PluginError, UsageError
 
 log = logging.getLogger("piti.plugins")
 
@@ -87,9 +87,24 @@ class _Staging:
         from piti_core.config import SCALARS, SECTIONS
 
         name = getattr(task, "name", "")
-        if name in SECTIONS or name in SCALARS:  # its [name] options would clash with the core section
+        # a task's options live under [tasks.NAME]; today's top-level [NAME] form is still read, so a name
+        # equal to a core section (or to the namespace itself) would be ambiguous there
+        if name in SECTIONS or name in SCALARS or name == "tasks":
             raise PluginError(f"task name '{name}' is reserved (a core config section); rename the task")
         self._add("tasks", name, task)
+
+    def metric(self, metric, fn: Any = None) -> None:
+        """``register(metric)`` with a :class:`piti_core.metrics.Metric`; the deprecated ``register(name,
+        fn)`` is wrapped (:func:`piti_core.metrics.legacy_metric`)."""
+        from piti_core.metrics import check_metric, legacy_metric
+
+        if isinstance(metric, str):
+            self._add("metrics", metric, legacy_metric(metric, fn))
+            return
+        if fn is not None:
+            raise PluginError("register_metrics: register(metric) takes one Metric object")
+        check_metric(metric)
+        self._add("metrics", metric.name, metric)
 
     def named(self, kind: str) -> Callable[[str, Any], None]:
         def register(name: str, obj: Any) -> None:
@@ -123,7 +138,7 @@ class PluginHost:
         self.records: dict[str, PluginRecord] = {}
         self.tasks: dict[str, Any] = {}
         self.samplers: dict[str, Callable] = {}
-        self.metrics: dict[str, Callable] = {}
+        self.metrics: dict[str, Any] = {}  # name -> piti_core.metrics.Metric
         self.owners: dict[str, dict[str, str]] = {"tasks": {}, "samplers": {}, "metrics": {}}
         self.commands_done: set[str] = set()
 
@@ -202,7 +217,7 @@ class PluginHost:
         registers = {
             "register_tasks": staging.task,
             "register_samplers": staging.named("samplers"),
-            "register_metrics": staging.named("metrics"),
+            "register_metrics": staging.metric,
         }
         for hook in HOOKS:
             try:
@@ -272,6 +287,21 @@ class PluginHost:
             valid = ", ".join(sorted(self.tasks)) or "none installed"
             raise UsageError(f"unknown task '{name}'; valid tasks: {valid}")
         return self.tasks[name]
+
+    def sampler(self, name: str, key: str = "sample.sampler") -> Callable:
+        """The registered sampler ``name`` (the built-in ones come from the ``samplers`` plugin); an unknown
+        name is a ConfigError naming ``key`` and the valid names."""
+        if name not in self.samplers:
+            valid = ", ".join(sorted(self.samplers)) or "none installed"
+            blocked = sorted(r.name for r in self.records.values() if r.status == "blocked")
+            note = f" (blocked plugins: {', '.join(blocked)})" if blocked else ""
+            raise ConfigError(f"unknown sampler {name!r} ({key}); valid names: {valid}{note}")
+        return self.samplers[name]
+
+    def record_of(self, kind: str, name: str) -> PluginRecord | None:
+        """The record of the plugin that registered ``name`` among ``kind`` (tasks, samplers ...), or None."""
+        owner = self.owners.get(kind, {}).get(name)
+        return self.records.get(owner) if owner is not None else None
 
     def task_sections(self) -> dict[str, type | None]:
         """Task name -> its config class, for :func:`piti_core.config.resolve_config`."""

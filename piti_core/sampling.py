@@ -11,13 +11,24 @@ from typing import Callable
 
 import torch
 
-from piti_core.diffusion import build_schedule, get_sampler, guided
+from piti_core.diffusion import build_schedule, guided
 
 Callback = Callable[[dict], None]
+Sampler = Callable[..., torch.Tensor]
+
+
+def resolve_sampler(sampler: "str | Sampler", key: str = "sample.sampler") -> Sampler:
+    """A sampler function: ``sampler`` itself when it is one, else the sampler of that name from the plugin
+    host (the built-in ones included); an unknown name is a ConfigError naming ``key``."""
+    if callable(sampler):
+        return sampler
+    from piti_core.plugins import get_plugin_manager
+
+    return get_plugin_manager().sampler(sampler, key)
 
 
 @torch.no_grad()
-def sample_base(model, cond: torch.Tensor, null: torch.Tensor, cfg, *, sampler: str | None = None,
+def sample_base(model, cond: torch.Tensor, null: torch.Tensor, cfg, *, sampler: str | Sampler | None = None,
                 steps: str | None = None, guidance: str | None = None, scale: float | None = None,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -41,7 +52,8 @@ def sample_base(model, cond: torch.Tensor, null: torch.Tensor, cfg, *, sampler: 
     model_fn = guided(fn, tokens, null_tokens, scale, kind=kind, interval=s.guidance_interval)
     size = model.decoder.image_size if hasattr(model.decoder, "image_size") else cfg.model.image_size
     x = torch.randn((cond.shape[0], 3, size, size), generator=generator, device=dev)
-    return get_sampler(sampler or s.sampler)(model_fn, x, schedule, generator=generator, callback=callback)
+    fn = resolve_sampler(sampler or s.sampler)
+    return fn(model_fn, x, schedule, generator=generator, callback=callback)
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -50,7 +62,7 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_upsampler(model, low_res: torch.Tensor, cond: torch.Tensor, cfg, *, sampler: str | None = None,
+def sample_upsampler(model, low_res: torch.Tensor, cond: torch.Tensor, cfg, *, sampler: str | Sampler | None = None,
                      steps: str | None = None, generator: torch.Generator | None = None,
                      callback: Callback | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Upsample ``low_res`` (B, 3, s, s) to the upsampler's size, conditioned on ``cond``."""
@@ -78,7 +90,8 @@ def sample_upsampler(model, low_res: torch.Tensor, cond: torch.Tensor, cfg, *, s
         ab = float(schedule.alphas_cumprod[-1])
         up = F.interpolate(low.float(), size=(size, size), mode="bilinear", align_corners=False)
         x = ab ** 0.5 * up + (1.0 - ab) ** 0.5 * x
-    return get_sampler(sampler or s.upsampler_sampler)(model_fn, x, schedule, generator=generator, callback=callback)
+    fn = resolve_sampler(sampler or s.upsampler_sampler, "sample.upsampler_sampler")
+    return fn(model_fn, x, schedule, generator=generator, callback=callback)
 
 
 def truncate_schedule(schedule, name: str, start: float):

@@ -7,6 +7,9 @@ Use it from a plugin's test suite::
     def test_my_task(piti_config):
         assert_task_contract(MyTask(), piti_config)
 
+    def test_my_sampler():
+        assert_sampler_contract(sample_mine)
+
     def test_loading(fake_entry_points, plugin_host_factory):
         fake_entry_points.add("foo", "piti_task_foo")
         host = plugin_host_factory()
@@ -127,8 +130,9 @@ def piti_config():
 def assert_task_contract(task, cfg=None, batch_size: int = 2) -> None:
     """Check that ``task`` honours the :class:`~piti_core.tasks.Task` contract on CPU, tiny shapes.
 
-    Builds the task's encoder and one batch of conditions and checks names, shapes, dtypes, value
-    ranges, the null condition, and that the encoder runs on the batch.
+    Builds the task's encoder as piti does (for the base and the upsampler decoder) and one batch of
+    conditions and checks names, shapes, dtypes, value ranges, the null condition, and that the encoder
+    runs on the batch and returns what the decoder reads (a PluginError naming the task if not).
     """
     import torch
 
@@ -156,10 +160,89 @@ def assert_task_contract(task, cfg=None, batch_size: int = 2) -> None:
     assert null.shape == cond.shape, "null_condition() must keep the shape"
     vis = task.visualize(cond[0], cfg)
     assert vis.shape == (3, s, s) and vis.min() >= 0 and vis.max() <= 1, "visualize() must give (3,S,S) in [0,1]"
-    encoder = task.build_encoder(cfg).eval()
+    from piti_core.models.build import build_task_encoder, check_encoder
+    from piti_core.models.encoder import TaskEncoder
+
+    for decoder in (cfg.model, cfg.upsampler):  # what piti builds: PluginError naming the task if unreadable
+        encoder = build_task_encoder(task, cfg, decoder, spec.channels)
+        check_encoder(encoder, task, cfg, decoder, spec.channels, batch_size)
+    encoder = encoder.eval()
     with torch.no_grad():
         tokens, pooled = encoder(cond)[:2]
-    n = (s // 16) ** 2
+    n = (s // 16) ** 2 if isinstance(encoder, TaskEncoder) else tokens.shape[1]
     assert tokens.shape == (batch_size, n, cfg.encoder.width), f"encoder tokens shape {tuple(tokens.shape)}"
     assert pooled.shape == (batch_size, cfg.encoder.width), f"encoder pooled shape {tuple(pooled.shape)}"
     assert torch.isfinite(tokens).all() and torch.isfinite(pooled).all(), "encoder output has NaN/inf"
+
+
+def gaussian_model_fn(mu: float = 0.2, s: float = 0.3, learned: bool = True, v: float = 0.3):
+    """A tiny analytic model function for sampler tests: the exact ε-predictor for data x_0 ~ N(mu, s²)
+    elementwise under the T=1000 cosine schedule (``[ε | v]`` when ``learned``, else ``ε``)."""
+    import torch
+
+    from piti_core.diffusion.respace import build_schedule
+
+    ac_all = build_schedule("cosine", 1000).alphas_cumprod
+
+    def model_fn(x, t):
+        ac = ac_all[t.round().long().cpu()].to(x).reshape(-1, *([1] * (x.ndim - 1)))
+        x0 = mu + ac.sqrt() * s**2 / (ac * s**2 + 1 - ac) * (x - ac.sqrt() * mu)
+        eps = (x - ac.sqrt() * x0) / (1 - ac).sqrt()
+        return torch.cat([eps, torch.full_like(eps, v)], dim=1) if learned else eps
+
+    return model_fn
+
+
+def assert_sampler_contract(fn, steps: str = "10", **options) -> None:
+    """Check that ``fn`` honours the sampler contract of :mod:`piti_core.diffusion.samplers` on CPU, tiny shapes.
+
+    Runs ``fn(model_fn, x, schedule, generator=..., callback=..., **options)`` on the analytic model of
+    :func:`gaussian_model_fn` (both output forms, ``[ε | v]`` and ``ε``) over a ``steps``-step cosine
+    schedule and checks: the result has x's shape and dtype, is finite and follows the data (its mean and
+    spread near the model's); ``x`` is not changed in place; the same generator seed gives the same result
+    whatever the global random state (all noise comes from ``generator``); ``callback`` is called once per
+    step with ``i`` (0, 1, ...), ``total``, ``t``, ``x`` and ``x0``.
+    """
+    import torch
+
+    from piti_core.diffusion.respace import build_schedule
+
+    schedule = build_schedule("cosine", 1000, steps)
+    mu, s = 0.2, 0.3
+    shape = (2, 3, 16, 16)
+    for learned in (True, False):
+        model_fn = gaussian_model_fn(mu, s, learned=learned)
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        before = x.clone()
+        runs = []
+        for global_seed in (1, 2):
+            torch.manual_seed(global_seed)
+            infos: list = []
+            out = fn(model_fn, x, schedule, generator=torch.Generator().manual_seed(0), callback=infos.append,
+                     **options)
+            runs.append((out, infos))
+        out, infos = runs[0]
+        form = "[eps | v]" if learned else "eps"
+        assert isinstance(out, torch.Tensor), f"sampler returned {type(out).__name__}, expected a tensor"
+        assert out.shape == shape and out.dtype == x.dtype, (
+            f"sampler ({form} model) returned {tuple(out.shape)} {out.dtype}, expected {shape} {x.dtype}")
+        assert torch.isfinite(out).all(), f"sampler ({form} model) returned NaN/inf"
+        assert torch.equal(x, before), "sampler changed its input x in place"
+        assert torch.equal(out, runs[1][0]), (
+            "same generator seed, different result: the sampler draws noise outside `generator` "
+            "(use torch.randn(..., generator=generator))")
+        mean, std = out.mean().item(), out.std().item()
+        assert abs(mean - mu) < 0.15 and 0.5 * s < std < 2 * s, (
+            f"sampler ({form} model) does not follow the model: samples have mean {mean:.3f}, std {std:.3f}; "
+            f"the data has mean {mu}, std {s}")
+        _check_callback(infos)
+
+
+def _check_callback(infos: list) -> None:
+    assert infos, "callback was never called"
+    for i, info in enumerate(infos):
+        assert isinstance(info, dict), f"callback got {type(info).__name__}, expected a dict"
+        missing = {"i", "total", "t", "x", "x0"} - set(info)
+        assert not missing, f"callback info lacks {', '.join(sorted(missing))}"
+        assert info["i"] == i, f"callback step numbers must count 0, 1, ...: got {info['i']} as call {i}"
+        assert info["total"] == len(infos), f"callback total {info['total']} != {len(infos)} calls"

@@ -72,8 +72,25 @@ def test_bad_config_key_is_usage_error_one_line(run):
 
 
 def test_task_section_override_through_cli(run):
+    """`piti config` prints task options under "tasks"; --set takes today's form and the namespaced one."""
     res = run("config", "--set", "sketch.threshold=0.3")
-    assert res.exit_code == 0 and json.loads(res.output)["sketch"]["threshold"] == 0.3
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["tasks"]["sketch"]["threshold"] == 0.3 and "sketch" not in data
+    res = run("config", "--set", "tasks.sketch.threshold=0.4")
+    assert res.exit_code == 0 and json.loads(res.output)["tasks"]["sketch"]["threshold"] == 0.4
+
+
+def test_task_section_in_a_toml_file_both_forms(run, tmp_path):
+    new, old = tmp_path / "new.toml", tmp_path / "old.toml"
+    new.write_text("[tasks.sketch]\nthreshold = 0.25\n")
+    old.write_text("[sketch]\nthreshold = 0.35\n")
+    for path, value in ((new, 0.25), (old, 0.35)):
+        res = run("config", "--config", str(path))
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output)["tasks"]["sketch"]["threshold"] == value
+    res = run("config", "--set", "tasks.sketchh.threshold=0.3")
+    assert res.exit_code == 2 and "unknown config key 'tasks.sketchh'" in res.output
 
 
 def test_unknown_task_lists_valid_ones(run):

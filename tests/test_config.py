@@ -1,5 +1,7 @@
 """Config: presets, TOML, overrides, unknown keys, JSON round trip, task sections."""
 
+import json
+
 import attrs
 import pytest
 
@@ -77,7 +79,7 @@ def test_toml_errors(tmp_path):
 def test_task_section_overrides_and_unknown_keys():
     cfg = resolve_config(preset="tiny", overrides=["foo.shots=5"], extra_sections={"foo": FooOptions})
     assert cfg.task_options("foo").shots == 5
-    with pytest.raises(ConfigError, match="unknown config key 'foo.shot'; valid keys: foo.name, foo.shots"):
+    with pytest.raises(ConfigError, match="unknown config key 'tasks.foo.shot'; valid keys: tasks.foo.name, tasks.foo.shots"):
         resolve_config(overrides=["foo.shot=5"], extra_sections={"foo": FooOptions})
     with pytest.raises(ConfigError, match="unknown config key 'foo'"):
         resolve_config(overrides=["foo.shots=5"])
@@ -95,9 +97,16 @@ def test_json_round_trip(tmp_path):
 
 
 def test_json_with_section_of_missing_plugin():
-    cfg = resolve_config(overrides=["foo.shots=7"], extra_sections={"foo": FooOptions})
+    """The options of the config's own task need its plugin; another task's options are not needed."""
+    own = resolve_config(overrides=["foo.shots=7", "task=foo"], extra_sections={"foo": FooOptions})
+    with pytest.raises(ConfigError, match="section 'tasks.foo' but no installed task declares it"):
+        config_from_json(config_to_json(own))
+    other = resolve_config(overrides=["foo.shots=7", "task=sketch"], extra_sections={"foo": FooOptions})
+    assert config_from_json(config_to_json(other)).tasks == {}
+    legacy = json.loads(config_to_json(other))
+    legacy["foo"] = legacy.pop("tasks")["foo"]  # today's form: a top-level task section
     with pytest.raises(ConfigError, match="section 'foo' but no installed task declares it"):
-        config_from_json(config_to_json(cfg))
+        config_from_json(json.dumps(legacy))
 
 
 def test_parse_override_strings_and_lists():
@@ -131,6 +140,7 @@ def test_saved_config_missing_a_newer_key_keeps_the_old_behaviour():
 def test_non_finite_numbers_are_refused(override):
     """inf and NaN are refused in every section, a task's included, as one ConfigError naming the key."""
     key = override.split("=")[0]
+    key = f"tasks.{key}" if key.startswith("foo.") else key  # a task's options are named in their namespace
     with pytest.raises(ConfigError, match=f"bad value for '{key}'"):
         resolve_config(preset="tiny", overrides=[override], extra_sections={"foo": RatioOptions})
 
@@ -169,3 +179,55 @@ def test_config_file_that_is_a_folder_or_not_utf8(tmp_path):
     latin.write_bytes('[data]\nroot = "caf\u00e9"\n'.encode("latin-1"))
     with pytest.raises(ConfigError, match=f"config file {latin} is not UTF-8"):
         resolve_config(files=[latin])
+
+
+# ---------------------------------------------------------------------------------- the tasks namespace
+def test_task_options_live_under_tasks_in_every_layer(tmp_path):
+    """[tasks.foo] in TOML, --set tasks.foo.key=v and "tasks": {"foo": ...} in config.json."""
+    f = tmp_path / "run.toml"
+    f.write_text('[tasks.foo]\nshots = 3\nname = "file"\n')
+    cfg = resolve_config(preset="tiny", files=[f], overrides=["tasks.foo.shots=4"], extra_sections={"foo": FooOptions})
+    assert cfg.task_options("foo") == FooOptions(shots=4, name="file")
+    data = json.loads(config_to_json(cfg))
+    assert data["tasks"] == {"foo": {"shots": 4, "name": "file"}} and "foo" not in data
+    assert config_from_json(config_to_json(cfg), {"foo": FooOptions}) == cfg
+
+
+def test_todays_top_level_task_sections_are_still_read(tmp_path):
+    """[foo] in TOML, --set foo.key=v and config.json files with a top-level "foo" section keep working,
+    each layer in its order whichever form it uses."""
+    f = tmp_path / "old.toml"
+    f.write_text('[foo]\nshots = 3\nname = "file"\n')
+    cfg = resolve_config(preset="tiny", files=[f], overrides=["tasks.foo.name=set", "foo.shots=9"],
+                         extra_sections={"foo": FooOptions})
+    assert cfg.task_options("foo") == FooOptions(shots=9, name="set")
+    old = json.loads(config_to_json(cfg))
+    old["foo"] = old.pop("tasks")["foo"]
+    assert config_from_json(json.dumps(old), {"foo": FooOptions}) == cfg
+
+
+def test_one_task_in_both_forms_in_one_file_is_refused(tmp_path):
+    f = tmp_path / "both.toml"
+    f.write_text('[foo]\nshots = 3\n[tasks.foo]\nshots = 4\n')
+    with pytest.raises(ConfigError, match=r"both in \[foo\] and \[tasks.foo\] in .*both.toml"):
+        resolve_config(files=[f], extra_sections={"foo": FooOptions})
+
+
+@pytest.mark.parametrize("override, match", [
+    ("tasks.bar.shots=1", "unknown config key 'tasks.bar'; valid keys: tasks.foo"),
+    ("tasks.foo.nope=1", "unknown config key 'tasks.foo.nope'"),
+    ("tasks.foo=3", "'tasks.foo' must be a section"),
+    ("tasks=3", "'tasks' must be a table of task sections"),
+    ("tasks.foo.shots=abc", "bad value for 'tasks.foo.shots'"),
+    ("bogus.x=1", "unknown config key 'bogus'; valid keys: .*tasks.foo"),
+])
+def test_bad_task_namespace_keys(override, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve_config(overrides=[override], extra_sections={"foo": FooOptions})
+
+
+def test_task_without_options_refuses_a_section():
+    with pytest.raises(ConfigError, match=r"task 'foo' takes no options, but \[tasks.foo\] was given"):
+        resolve_config(overrides=["tasks.foo.x=1"], extra_sections={"foo": None})
+    with pytest.raises(ConfigError, match="takes no options"):
+        resolve_config(overrides=["foo.x=1"], extra_sections={"foo": None})

@@ -190,11 +190,89 @@ def test_dpmpp_sde_first_step_formula(gaussian_model):
 
 
 def test_get_sampler():
-    assert get_sampler("dpmpp") is sample_dpmpp_2m
-    assert get_sampler("dpmpp-sde") is sample_dpmpp_2m_sde
+    assert get_sampler("dpmpp").resolve() is sample_dpmpp_2m
+    assert get_sampler("dpmpp-sde").resolve() is sample_dpmpp_2m_sde
     with pytest.raises(ConfigError) as info:
         get_sampler("euler")
     assert "ddim, ddpm, dpmpp, dpmpp-sde" in str(info.value)
+
+
+def test_built_in_samplers_register_once_through_their_entry_point(clean_plugin_env):
+    """The host is the one registry: the built-ins come from the `samplers` plugin (distribution piti)."""
+    from piti_core.plugins import get_plugin_manager
+
+    host = get_plugin_manager()
+    assert {name: host.owners["samplers"][name] for name in SAMPLERS} == {name: "samplers" for name in SAMPLERS}
+    record = host.records["samplers"]
+    assert record.distribution == "piti" and record.provides["samplers"] == sorted(SAMPLERS)
+
+
+def test_get_sampler_asks_only_the_plugin_host(fake_entry_points):
+    """Without the built-in samplers plugin no built-in sampler is found: there is no second registry."""
+    with pytest.raises(ConfigError, match="unknown sampler 'ddpm'.*none installed"):
+        get_sampler("ddpm")
+
+
+def test_a_blocked_samplers_plugin_is_named(fake_entry_points, monkeypatch):
+    fake_entry_points.keep_installed = True
+    monkeypatch.setenv("PITI_DISABLE_PLUGINS", "samplers")
+    with pytest.raises(ConfigError, match="unknown sampler 'ddpm'.*blocked plugins: samplers"):
+        get_sampler("ddpm")
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_built_in_samplers_pass_the_exported_contract_check(name):
+    from piti_core.plugins import get_plugin_manager
+    from piti_core.testing import assert_sampler_contract
+
+    assert_sampler_contract(get_plugin_manager().sampler(name))  # as registered (lazy)
+    assert_sampler_contract(SAMPLERS[name])  # the plain function
+
+
+def _noise_from_the_global_rng(model_fn, x, schedule, *, generator=None, callback=None):
+    return sample_ddpm(model_fn, x, schedule, generator=None, callback=callback)
+
+
+def _returns_its_noise(model_fn, x, schedule, *, generator=None, callback=None):
+    for i in range(schedule.num_timesteps):
+        callback({"i": i, "total": schedule.num_timesteps, "t": 0, "x": x, "x0": x})
+    return x
+
+
+def _no_callback(model_fn, x, schedule, *, generator=None, callback=None):
+    return sample_ddim(model_fn, x, schedule, generator=generator)
+
+
+def _in_place(model_fn, x, schedule, *, generator=None, callback=None):
+    return x.copy_(sample_ddim(model_fn, x, schedule, generator=generator, callback=callback))
+
+
+def _bad_callback_info(model_fn, x, schedule, *, generator=None, callback=None):
+    return sample_ddim(model_fn, x, schedule, generator=generator, callback=lambda info: callback({"x": info["x"]}))
+
+
+def _nan(model_fn, x, schedule, *, generator=None, callback=None):
+    return sample_ddim(model_fn, x, schedule, generator=generator, callback=callback) * float("nan")
+
+
+def _wrong_shape(model_fn, x, schedule, *, generator=None, callback=None):
+    return sample_ddim(model_fn, x, schedule, generator=generator, callback=callback)[:, :1]
+
+
+@pytest.mark.parametrize("broken, match", [
+    (_noise_from_the_global_rng, "outside `generator`"),
+    (_returns_its_noise, "does not follow the model"),
+    (_no_callback, "callback was never called"),
+    (_in_place, "changed its input x in place"),
+    (_bad_callback_info, "callback info lacks i, t, total, x0"),
+    (_nan, "NaN/inf"),
+    (_wrong_shape, "expected \\(2, 3, 16, 16\\)"),
+])
+def test_a_broken_sampler_fails_the_contract_check(broken, match):
+    from piti_core.testing import assert_sampler_contract
+
+    with pytest.raises(AssertionError, match=match):
+        assert_sampler_contract(broken)
 
 
 def test_get_sampler_finds_a_plugins_sampler(fake_entry_points):
