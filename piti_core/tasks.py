@@ -12,9 +12,10 @@ trainer, the samplers — is shared. A task subclasses :class:`Task` and is regi
 
 What a task defines:
 
-* ``name``, ``description``, ``sources`` (the data-set fields it reads: ``labels``, ``edges``,
-  ``depth``, ``normals``, ``image``) and optionally ``config_class`` (an attrs class: its own
-  ``[name]`` config section, e.g. ``--set sketch.source=canny``);
+* ``name``, ``description``, ``fields`` (the data-set fields it reads: :class:`~piti_core.data.fields.Field`
+  objects, or names — ``labels``, ``edges``, ``depth``, ``normals``, ``image``; ``sources``, a tuple of
+  names, still works) and optionally ``config_class`` (an attrs class: its own ``[name]`` config
+  section, e.g. ``--set sketch.source=canny``);
 * :meth:`condition_spec` — channels, dtype, value range, classes/palette;
 * :meth:`encode` — data-set fields of one sample -> condition tensor ``(C, S, S)``;
 * :meth:`preprocess` — a user's condition file -> condition batch ``(1, C, S, S)``;
@@ -63,7 +64,13 @@ class Task:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     sources: ClassVar[tuple[str, ...]] = ()
+    # the data-set fields it reads: piti_core.data.fields.Field objects (a task's own kind of data) or
+    # names of fields (built-in: labels, edges, depth, normals, image); empty: ``sources`` (names)
+    fields: ClassVar[tuple[Any, ...]] = ()
     config_class: ClassVar[type | None] = None
+    # which way is better for each value :meth:`alignment` returns ("higher" | "lower"); values not
+    # named here get a guess from their name (``piti_core.metrics.guess_direction``)
+    alignment_directions: ClassVar[Mapping[str, str]] = {}
 
     # ------------------------------------------------------------------ required
     def condition_spec(self, cfg: "PitiConfig") -> ConditionSpec:
@@ -101,25 +108,49 @@ class Task:
 
         return torch.ones_like(cond)
 
-    def build_encoder(self, cfg: "PitiConfig") -> "nn.Module":
-        """The PITI task encoder sized by ``cfg.encoder`` for this task's channels."""
+    def build_encoder(self, cfg: "PitiConfig", decoder=None) -> "nn.Module":
+        """The encoder of this task's conditions for ``decoder`` (``cfg.model`` — the default — or
+        ``cfg.upsampler``): the PITI task encoder sized by ``cfg.encoder``.
+
+        Override it to bring another architecture. piti builds every task model through it (training,
+        sampling, eval, convert, the memory preflight) and checks its output once: ``(tokens (B, N,
+        cfg.encoder.width), pooled (B, cfg.encoder.width)[, hints...])``. Size it from ``cfg`` only (its
+        ``encoder`` section and this task's own options), so a run's config.json rebuilds it; its
+        weights are saved with the run. An override that takes only ``cfg`` builds the encoder of both
+        decoders.
+        """
         from piti_core.models.encoder import TaskEncoder
 
-        return TaskEncoder.from_config(cfg.encoder, self.condition_spec(cfg).channels, decoder=cfg.model)
+        decoder = decoder if decoder is not None else cfg.model
+        return TaskEncoder.from_config(cfg.encoder, self.condition_spec(cfg).channels,
+                                       checkpointing=decoder.checkpointing, decoder=decoder)
+
+    def data_fields(self) -> tuple:
+        """The :class:`~piti_core.data.fields.Field` objects this task reads: ``fields``, else ``sources``
+        (names of built-in or declared fields resolve to those Field objects)."""
+        from piti_core.data.fields import resolve_fields
+
+        return resolve_fields(self.fields or self.sources)
 
     def build_dataset(self, cfg: "PitiConfig", split: str, *, image_sizes=None, train: bool = True, callback=None):
         """The data set of ``split`` with the encoded condition under ``"cond"``.
 
-        ``callback`` receives the data layer's events (toy-world generation, skipped pairs, cache
-        building) for the caller to display.
+        :meth:`encode` receives every field of :meth:`data_fields` at ``cfg.encoder.cond_size`` — the
+        photo too, when the task lists ``image`` (the sample's own ``"image"`` stays the training
+        target at the model's size). ``callback`` receives the data layer's events (toy-world
+        generation, skipped pairs, cache building) for the caller to display.
         """
         from piti_core.data.dataset import build_dataset
 
         sizes = image_sizes or (cfg.model.image_size,)
-        fields = tuple(s for s in self.sources if s != "image")
+        fields = self.data_fields()
 
         def add_condition(sample):
-            sample["cond"] = self.encode(sample, cfg)
+            view = dict(sample)
+            if "cond_image" in sample:  # the photo at the condition size, for encode only
+                view["image"] = sample.pop("cond_image")
+                del view["cond_image"]
+            sample["cond"] = self.encode(view, cfg)
             return sample
 
         return build_dataset(
@@ -128,26 +159,13 @@ class Task:
         )
 
     def synthetic_sample(self, cfg: "PitiConfig", generator: "torch.Generator") -> dict[str, Any]:
-        """Random but valid data-set fields at the condition size (contract tests, benchmarks)."""
-        import torch
-
+        """Random but valid data-set fields at the condition size (contract tests, benchmarks): each
+        field's own :meth:`~piti_core.data.fields.Field.synthetic_values`."""
         s = cfg.encoder.cond_size
         spec = self.condition_spec(cfg)
         out: dict[str, Any] = {}
-        if "labels" in self.sources:
-            n = spec.num_classes or 2
-            out["labels"] = torch.randint(0, n, (s, s), generator=generator)
-        if "edges" in self.sources:
-            out["edges"] = (torch.rand(1, s, s, generator=generator) > 0.9).float()
-        if "depth" in self.sources:
-            out["depth"] = 0.5 + 20 * torch.rand(1, s, s, generator=generator)
-            out["depth_valid"] = torch.ones(1, s, s, dtype=torch.bool)
-        if "normals" in self.sources:
-            n = torch.randn(3, s, s, generator=generator)
-            n[2] = n[2].abs()
-            out["normals"] = n / n.norm(dim=0, keepdim=True).clamp_min(1e-6)
-        if "image" in self.sources:
-            out["image"] = torch.rand(3, s, s, generator=generator) * 2 - 1
+        for f in self.data_fields():
+            out.update(f.synthetic_values(s, generator, spec))
         return out
 
     def example_condition(self, cfg: "PitiConfig", batch_size: int = 2, generator=None) -> "torch.Tensor":
@@ -166,7 +184,9 @@ class Task:
     def alignment(self, samples: "torch.Tensor", batch: Mapping[str, Any], cfg: "PitiConfig") -> dict[str, float]:
         """How well generated ``samples`` (B, 3, H, W in [-1, 1]) follow the batch's conditions.
 
-        Returns metric name -> value. The default measures nothing; tasks override it.
+        Returns metric name -> value; ``alignment_directions`` says which way each is better. The
+        default measures nothing; tasks override it. ``piti eval`` reports it through the built-in
+        ``alignment`` metric, on the samples and on the real images.
         """
         return {}
 

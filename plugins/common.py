@@ -1,45 +1,10 @@
-"""Helpers shared by the built-in task plugins: a user's condition file through the data layer.
+"""Kept for plugins written before the public contract: these helpers now live in the core.
 
-Files are decoded by :mod:`piti_core.data.readers` (the same checks and one-line errors as a data
-set) and cropped/resized by :mod:`piti_core.data.transforms` (the same ``data.resize`` policy and
-per-field resampling as training), so a condition given to ``piti sample`` looks like a training one.
+Import them from :mod:`piti_core.contract` (``from piti_core.contract import load_rgb, fit_condition``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from piti_core.data.conditions import as_path, fit_condition, fit_field, is_pil, load_rgb
 
-from piti_core.errors import DataError
-
-
-def is_pil(source: Any) -> bool:
-    from PIL import Image
-
-    return isinstance(source, Image.Image)
-
-
-def as_path(source: "str | Path | Any", what: str) -> Path:
-    """A condition file path; PIL images are accepted only where said so."""
-    if is_pil(source):
-        raise DataError(f"{what} must be given as a file path, not an in-memory image")
-    return Path(source)
-
-
-def load_rgb(source: "str | Path | Any"):
-    """RGB uint8 (H, W, 3) from a path (checked like a data-set image) or a PIL image."""
-    import numpy as np
-
-    from piti_core.data.readers import read_image, to_rgb
-
-    if is_pil(source):
-        return np.asarray(to_rgb(source), dtype=np.uint8)  # transparency composited over white
-    return read_image(Path(source))
-
-
-def fit_condition(t, key: str, cfg):
-    """A (C, H, W) field -> (C, S, S) at ``cfg.encoder.cond_size`` with the data set's crop and resampling."""
-    from piti_core.data.transforms import crop_box, resize_field
-
-    top, left, h, w = crop_box(t.shape[-2], t.shape[-1], cfg.data.resize)
-    return resize_field(key, t[..., top:top + h, left:left + w], cfg.encoder.cond_size)
+__all__ = ["as_path", "fit_condition", "fit_field", "is_pil", "load_rgb"]

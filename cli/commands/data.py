@@ -1,10 +1,11 @@
 """``piti data``: make the toy world, check a data set without training.
 
     piti data toyworld --out DIR --n 2000 --size 256 --seed 0 [--overwrite]
-    piti data check DIR [--format auto|folder|ade20k|coco-stuff|toyworld] [--json] [--skip-bad]
+    piti data check DIR [--format auto|folder|ade20k|coco-stuff|toyworld] [--task NAME] [--json] [--skip-bad]
     piti data oracle --out DIR [--n 6000] [--seed 1000] [--steps 3000] [--overwrite]
 
-``check`` decodes every file with the loader's own readers and prints a summary on stdout (exit 0),
+``check`` decodes every file with the loader's own readers (with ``--task``: the fields that task
+declares, each with its own reader) and prints a summary on stdout (exit 0),
 or every problem, one line each, and exits 1. With ``--skip-bad`` problems are warnings on stderr and
 the exit code is 0 as long as one good pair is left (what a training run with --skip-bad would use).
 No torch import at module level.
@@ -62,18 +63,26 @@ def _done(args, default: int) -> int:
               type=click.Choice(["auto", "folder", "ade20k", "coco-stuff", "toyworld"]), help="Data-set layout.")
 @click.option("--val-fraction", default=0.05, show_default=True, type=click.FloatRange(0, 1),
               help="Share of stems hashed into val when the data set has no splits of its own.")
+@click.option("--task", "task_name", default=None, metavar="NAME",
+              help="Check the fields this task reads (its own file formats too), and that none is missing.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--skip-bad", is_flag=True, help="Report problems as warnings; exit 0 if any good pair is left.")
-def check(root: str, fmt: str, val_fraction: float, as_json: bool, skip_bad: bool) -> None:
+def check(root: str, fmt: str, val_fraction: float, task_name: str | None, as_json: bool, skip_bad: bool) -> None:
     """Validate every file of a data set: summary on stdout, or each problem (one line) and exit 1."""
     from piti_cli.ui import progress, warn
     from piti_core.data.validate import check_dataset
 
+    fields = None
+    if task_name is not None:
+        from piti_core.plugins import get_plugin_manager
+
+        fields = get_plugin_manager().task(task_name).data_fields()  # an unknown task: one usage line
     with progress(None, "checking") as advance:
         def callback(event: dict) -> None:
             advance(1)
 
-        report = check_dataset(root, fmt, val_fraction=val_fraction, callback=callback)
+        report = check_dataset(root, fmt, val_fraction=val_fraction, callback=callback, fields=fields,
+                               task=task_name)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     elif report.ok:

@@ -15,7 +15,9 @@ is recomputed, and a change of version or parameters selects another directory (
 and forth is free). Nothing is ever written into the data set's own folder. ``PITI_HOME`` defaults
 to ``$XDG_CACHE_HOME/piti`` (``~/.cache/piti``).
 
-Plugins add preprocessors with :func:`register_preprocessor` (e.g. HED edges for the sketch task).
+Plugins add preprocessors with :func:`register_preprocessor` (e.g. HED edges for the sketch task); a
+field names the one that fills it when a data set lacks its folder (``Field(derive="edges-canny")``,
+see :mod:`piti_core.data.fields`).
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ class Preprocessor:
 
 
 _REGISTRY: dict[str, Preprocessor] = {}
-# which preprocessor fills a condition kind that a data set lacks
+# which preprocessor fills a built-in field that a data set lacks (kept for old imports: the data layer
+# reads it from each field's ``Field.derive``)
 DEFAULT_DERIVERS = {"edges": "edges-canny", "normals": "normals-from-depth"}
 
 
@@ -177,10 +180,10 @@ def _read_source(source: str, sample, meta: DatasetMeta) -> np.ndarray:
         return readers.read_image(sample.image)
     if source not in sample.conditions:
         raise DataError(f"{sample.image}: has no {source} file to derive from; add it or pass --skip-bad")
-    arrays = readers.read_condition(source, sample.conditions[source], meta)
-    if source == "depth":
-        return np.where(arrays["depth_valid"], arrays["depth"], np.nan).astype(np.float32)
-    return arrays[source]
+    from piti_core.data.fields import resolve_field
+
+    field = resolve_field(source)
+    return field.as_source(field.load(sample.conditions[source], meta))
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

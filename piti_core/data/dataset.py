@@ -10,10 +10,12 @@
     "depth"          float (1, c, c) metres, 0 where unknown, + bool "depth_valid" (1, c, c)
     "normals"        float (3, c, c) unit vectors (+x right, +y up, +z to camera), 0 where unknown,
                      + bool "normals_valid" (1, c, c)
+    <a task's field> as its :class:`~piti_core.data.fields.Field` declares, (C, c, c)
     "caption" str, "stem" str
 
-with c = cond_size. A requested condition the data set lacks is derived and cached when a
-preprocessor can make it (edges from the photo, normals from depth; see :mod:`.cache`).
+with c = cond_size. ``fields`` are Field objects or the names of known fields. A requested field the
+data set lacks is derived and cached when its Field names a preprocessor that can make it (edges from
+the photo, normals from depth; see :mod:`.cache`).
 
 Bad data: every problem raises a one-line DataError naming the file, unless ``data.skip_bad``: then
 the bad pair is left out, listed in ``dataset.skipped`` and announced to ``callback``. Listing and
@@ -32,26 +34,29 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from piti_core.data import readers
-from piti_core.data.cache import DEFAULT_DERIVERS, cached_preprocessor, get_preprocessor
+from piti_core.data.cache import cached_preprocessor, get_preprocessor
+from piti_core.data.fields import Field, resolve_fields
 from piti_core.data.index import DatasetIndex, index_from_config
-from piti_core.data.records import KINDS, DatasetMeta, Problem, Sample
+from piti_core.data.records import DatasetMeta, Problem, Sample
 from piti_core.data.transforms import JointAugment, prepare
 from piti_core.errors import DataError
 
-FIELDS = KINDS + ("image", "caption", "stem")
+ALWAYS = ("image", "caption", "stem")  # in every sample, whatever is requested
 
 
 class PairedDataset(torch.utils.data.Dataset):
     """Samples of one split of one data set; see the module docstring for the keys."""
 
-    def __init__(self, index: DatasetIndex, samples: Sequence[Sample], *, kinds: Sequence[str],
+    def __init__(self, index: DatasetIndex, samples: Sequence[Sample], *, kinds: Sequence["Field | str"],
                  derived: Mapping[str, Mapping[str, Path]] | None = None, image_sizes: Sequence[int] = (64,),
                  cond_size: int = 64, resize: str = "keep-aspect", train: bool = False, flip: bool = True,
                  transform: Callable[[dict], dict] | None = None, skip_bad: bool = False,
                  skipped: Iterable[Problem] = (), callback: Callable[[dict], None] | None = None):
         self.index = index
         self.samples = list(samples)
-        self.kinds = tuple(kinds)
+        self.fields = resolve_fields(k for k in kinds if k != "image")
+        self.kinds = tuple(f.name for f in self.fields)
+        self.image_cond = "image" in kinds
         self.derived = {k: dict(v) for k, v in (derived or {}).items()}
         self.image_sizes = tuple(int(s) for s in image_sizes)
         self.cond_size = int(cond_size)
@@ -82,7 +87,7 @@ class PairedDataset(torch.utils.data.Dataset):
         """The decoded numpy arrays of sample ``i`` at the files' resolution (no crop/resize/flip)."""
         s = self.samples[i]
         derived = {k: self.derived[k][s.stem] for k in self.derived}
-        return readers.read_sample(s, self.kinds, self.index.meta, derived)
+        return readers.read_sample(s, self.fields, self.index.meta, derived)
 
     def _skip(self, i: int, exc: DataError) -> None:
         problem = readers.problem_of(exc, self.samples[i].image, self.samples[i].stem)
@@ -105,7 +110,8 @@ class PairedDataset(torch.utils.data.Dataset):
             raise DataError(f"{self.root}: every sample of this split is bad ({len(self.skipped)} skipped); "
                             f"run `piti data check {self.root}`")
         out = prepare(arrays, image_sizes=self.image_sizes, cond_size=self.cond_size, resize=self.resize,
-                      train=self.train, augment=self.augment, resample=self.resample)
+                      train=self.train, augment=self.augment, resample=self.resample,
+                      fields={f.name: f for f in self.fields}, image_cond=self.image_cond)
         s = self.samples[j]
         out["caption"], out["stem"] = s.caption, s.stem
         return self.transform(out) if self.transform is not None else out
@@ -129,15 +135,16 @@ def _bad(problems: list[Problem], root: Path) -> DataError:
     return exc
 
 
-def build_dataset(data_cfg, split: str = "train", *, fields: Iterable[str] = ("labels",),
+def build_dataset(data_cfg, split: str = "train", *, fields: Iterable["Field | str"] = ("labels",),
                   image_size: int | Sequence[int] | None = None, image_sizes: Sequence[int] | None = None,
                   cond_size: int | None = None, train: bool = True, transform: Callable[[dict], dict] | None = None,
                   root: str | Path | None = None, derive: Mapping[str, str] | None = None,
                   validate: str = "header", callback: Callable[[dict], None] | None = None) -> PairedDataset:
     """The data set of ``split`` ("train", "val", "all") described by ``data_cfg`` (a DataConfig).
 
-    ``fields``: the conditions to load (labels, edges, depth, normals; "image"/"caption" are always
-    there). ``image_sizes``: one size, or (base, high-res) to also get "image_hr". ``derive`` maps a
+    ``fields``: the fields to load (Field objects, or names: labels, edges, depth, normals or a field a
+    registered task declares; "image"/"caption" are always there, and naming "image" also gives the
+    photo at the condition size as "cond_image"). ``image_sizes``: one size, or (base, high-res) to also get "image_hr". ``derive`` maps a
     condition kind to a preprocessor name that computes it even when the data set has files for it
     (default: only missing edges/normals are derived). ``validate``: "header" (default; open every
     file's header now), "full" (decode everything now) or "none". ``root`` overrides ``data_cfg.root``;
@@ -146,10 +153,11 @@ def build_dataset(data_cfg, split: str = "train", *, fields: Iterable[str] = ("l
     """
     sizes = _sizes(image_size, image_sizes)
     cond_size = int(cond_size or sizes[0])
-    unknown = [f for f in fields if f not in FIELDS]
-    if unknown:
-        raise ValueError(f"unknown data-set field(s) {unknown}; valid: {', '.join(FIELDS)}")
-    kinds = [f for f in KINDS if f in fields]
+    fields = tuple(fields)
+    image_cond = "image" in fields or any(isinstance(f, Field) and f.name == "image" for f in fields)
+    wanted = resolve_fields(f for f in fields if f not in ("caption", "stem") and getattr(f, "name", f) != "image")
+    kinds = [f.name for f in wanted]
+    by_name = {f.name: f for f in wanted}
     if validate not in ("header", "full", "none"):
         raise ValueError(f"validate must be 'header', 'full' or 'none', got {validate!r}")
     root = root if root is not None else data_cfg.root
@@ -158,14 +166,15 @@ def build_dataset(data_cfg, split: str = "train", *, fields: Iterable[str] = ("l
 
         root = ensure_toyworld(max(*sizes, cond_size), data_cfg.toyworld_samples, data_cfg.toyworld_seed,
                                callback=callback)
-    index = index_from_config(data_cfg, root)
+    index = index_from_config(data_cfg, root, fields=wanted)
     samples = index.select(split, data_cfg.limit, data_cfg.subset_seed)
 
     derivers = {}
     for kind in kinds:
-        name = (derive or {}).get(kind) or (DEFAULT_DERIVERS.get(kind) if kind not in index.kinds else None)
+        name = (derive or {}).get(kind) or (by_name[kind].derive if kind not in index.kinds else None)
         if name is None and kind not in index.kinds:
-            raise DataError(f"{index.root}: the data set has no {kind} (no {kind} folder) and nothing derives it; "
+            folder = by_name[kind].folder
+            raise DataError(f"{index.root}: the data set has no {kind} (no {folder} folder) and nothing derives it; "
                             f"it holds: {', '.join(index.kinds) or 'images only'}")
         if name is not None:
             pre = get_preprocessor(name)
@@ -173,8 +182,9 @@ def build_dataset(data_cfg, split: str = "train", *, fields: Iterable[str] = ("l
                 raise DataError(f"{index.root}: {kind} must be derived from {pre.source} ({pre.name}), but the data "
                                 f"set has no {pre.source} folder; add {kind} files")
             derivers[kind] = pre
-    file_kinds = [k for k in kinds if k not in derivers] + [p.source for p in derivers.values() if p.source in KINDS]
+    file_kinds = [k for k in kinds if k not in derivers] + [p.source for p in derivers.values() if p.source != "image"]
     file_kinds = list(dict.fromkeys(file_kinds))
+    file_fields = [by_name.get(k) or k for k in file_kinds]
 
     # problems found while listing, and missing partners, for the selected samples only
     stems = {s.stem for s in samples}
@@ -186,9 +196,9 @@ def build_dataset(data_cfg, split: str = "train", *, fields: Iterable[str] = ("l
                 continue
             try:
                 if validate == "full":
-                    readers.read_sample(s, file_kinds, index.meta)
+                    readers.read_sample(s, file_fields, index.meta)
                 else:
-                    readers.probe_sample(s, file_kinds, index.meta)
+                    readers.probe_sample(s, file_fields, index.meta)
             except DataError as exc:
                 problems.append(readers.problem_of(exc, s.image, s.stem))
     if problems and not data_cfg.skip_bad:
@@ -209,6 +219,6 @@ def build_dataset(data_cfg, split: str = "train", *, fields: Iterable[str] = ("l
     if not samples:
         raise DataError(f"{index.root}: no usable sample left in split '{split}' ({len(skipped)} skipped as bad); "
                         f"run `piti data check {index.root}`")
-    return PairedDataset(index, samples, kinds=kinds, derived=derived, image_sizes=sizes, cond_size=cond_size,
+    return PairedDataset(index, samples, kinds=(*wanted, *(("image",) if image_cond else ())), derived=derived, image_sizes=sizes, cond_size=cond_size,
                          resize=data_cfg.resize, train=train, flip=data_cfg.flip, transform=transform,
                          skip_bad=data_cfg.skip_bad, skipped=skipped, callback=callback)

@@ -7,7 +7,8 @@ an image, a bad ``captions.jsonl`` line). Splits are assigned later by :mod:`pit
 
 Layouts (see docs/datasets.md for the trees)::
 
-    folder      ROOT/images/<stem>.png|jpg, ROOT/{labels,edges,depth,normals}/<stem>.*, dataset.json
+    folder      ROOT/images/<stem>.png|jpg, ROOT/<folder>/<stem>.* for each known field (labels, edges,
+                depth, normals, and any a task declares; see piti_core.data.fields), dataset.json
     ade20k      [ROOT/ADEChallengeData2016/]images/{training,validation}/*.jpg,
                 annotations/{training,validation}/*.png
     coco-stuff  ROOT/[images/]{train2017,val2017}/*.jpg,
@@ -21,19 +22,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
+
 from piti_core.data.classes import ADE20K_CLASSES, COCO_STUFF_CLASSES
-from piti_core.data.records import KINDS, DatasetMeta, DepthSpec, Problem, Sample
+from piti_core.data.fields import BUILTIN, IMAGE_SUFFIXES, LOSSY_SUFFIXES, Field, known_fields, resolve_fields
+from piti_core.data.records import DatasetMeta, DepthSpec, Problem, Sample
 from piti_core.errors import DataError
 
 FORMATS = ("folder", "ade20k", "coco-stuff", "toyworld")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-KIND_EXTS = {
-    "labels": (".png", ".bmp", ".tif", ".tiff"),
-    "edges": (".png", ".jpg", ".jpeg", ".bmp"),
-    "depth": (".png", ".npy", ".tif", ".tiff"),
-    "normals": (".png", ".npy"),
-}
-LOSSY_EXTS = (".jpg", ".jpeg", ".webp")
+IMAGE_EXTS = IMAGE_SUFFIXES
+LOSSY_EXTS = LOSSY_SUFFIXES
 ADE_SPLITS = (("training", "train"), ("validation", "val"))
 COCO_SPLITS = (("train2017", "train"), ("val2017", "val"))
 
@@ -67,8 +65,12 @@ class Layout:
 # ------------------------------------------------------------------------------------ listing
 
 
-def _list_files(directory: Path, exts: tuple[str, ...], problems: list[Problem], kind: str) -> dict[str, Path]:
-    """stem -> file for the files of ``directory`` with one of ``exts`` (hidden files are skipped)."""
+def _list_files(directory: Path, exts: tuple[str, ...], problems: list[Problem], kind: str,
+               lossless: bool | None = None) -> dict[str, Path]:
+    """stem -> file for the files of ``directory`` with one of ``exts`` (hidden files are skipped);
+    ``lossless`` refuses JPEG/WebP files (default: for every kind but images and edges)."""
+    if lossless is None:
+        lossless = kind not in ("image", "edges")
     found: dict[str, Path] = {}
     if not directory.is_dir():
         return found
@@ -76,7 +78,7 @@ def _list_files(directory: Path, exts: tuple[str, ...], problems: list[Problem],
         if path.name.startswith(".") or not path.is_file():
             continue
         ext = path.suffix.lower()
-        if kind != "image" and kind != "edges" and ext in LOSSY_EXTS:
+        if lossless and ext in LOSSY_EXTS:
             problems.append(Problem(path, f"{kind} must be stored losslessly (JPEG changes the values); "
                                           "re-save it as PNG", path.stem))
             continue
@@ -231,20 +233,27 @@ def _read_captions(path: Path, problems: list[Problem]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------ layouts
 
 
-def discover_folder(root: Path, fmt: str = "folder") -> Layout:
+def discover_folder(root: Path, fmt: str = "folder", fields: Iterable[Field | str] = ()) -> Layout:
+    """A paired-folder data set: ``images/`` and one folder per field (``fields`` and every field the
+    registered tasks declare) that exists."""
     root = Path(root)
     meta = read_dataset_json(root, fmt)
     problems: list[Problem] = []
     images = _list_files(root / "images", IMAGE_EXTS, problems, "image")
-    kinds = tuple(k for k in KINDS if (root / k).is_dir())
-    conds = {k: _list_files(root / k, KIND_EXTS[k], problems, k) for k in kinds}
+    known = known_fields(resolve_fields(fields))
+    order = list(BUILTIN)
+    known = dict(sorted(known.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+    present = {name: f for name, f in known.items() if (root / f.folder).is_dir()}
+    kinds = tuple(present)
+    conds = {k: _list_files(root / f.folder, f.suffixes, problems, k, f.lossless) for k, f in present.items()}
     captions = _read_captions(root / "captions.jsonl", problems)
     for kind in kinds:
         problems += _orphans(conds[kind], images, kind, root / "images")
     samples = [Sample(stem, path, {k: conds[k][stem] for k in kinds if stem in conds[k]}, "", captions.get(stem, ""))
                for stem, path in images.items()]
-    exts = {"depth": {"npy": ".npy", "tiff": ".tif"}.get(meta.depth.encoding or "", ".png")}
-    return Layout(root, fmt, meta, samples, kinds, PartnerPath({("", k): root / k for k in KINDS}, exts), problems)
+    dirs = {("", k): root / f.folder for k, f in known.items()}
+    exts = {k: (f.partner_suffix(meta) if f.partner_suffix else f.suffixes[0]) for k, f in known.items()}
+    return Layout(root, fmt, meta, samples, kinds, PartnerPath(dirs, exts), problems)
 
 
 def find_ade20k(root: Path) -> Path | None:
@@ -365,16 +374,23 @@ def detect_format(root: Path) -> str:
                     "stuffthingmaps_trainval2017/ (COCO-Stuff); see docs/datasets.md")
 
 
-def discover(root: Path, fmt: str = "auto") -> Layout:
-    """List the data set at ``root`` in layout ``fmt`` ("auto" detects it)."""
+def discover(root: Path, fmt: str = "auto", fields: Iterable[Field | str] = ()) -> Layout:
+    """List the data set at ``root`` in layout ``fmt`` ("auto" detects it); a paired-folder data set is
+    listed for ``fields`` and every field the registered tasks declare."""
     root = Path(root).expanduser()
     fmt = detect_format(root) if fmt == "auto" else fmt
     if not root.is_dir():
         detect_format(root)  # raises the "no such folder" error
     if fmt in ("folder", "toyworld"):
-        return discover_folder(root, fmt)
+        return discover_folder(root, fmt, fields)
     if fmt == "ade20k":
         return discover_ade20k(root)
     if fmt == "coco-stuff":
         return discover_coco_stuff(root)
     raise DataError(f"{root}: unknown data-set format '{fmt}'; use one of auto, {', '.join(FORMATS)}")
+
+
+def dataset_meta(root: str | Path, fmt: str = "auto") -> DatasetMeta:
+    """What the data set at ``root`` declares about itself (classes, palette, label mapping, depth
+    encoding ...), from its ``dataset.json`` or its format; DataError when it cannot be listed."""
+    return discover(Path(root), fmt).meta

@@ -121,9 +121,11 @@ def assign_splits(root: Path, samples: list[Sample], meta: DatasetMeta, val_frac
     return out, problems
 
 
-def build_index(root: str | Path, format: str = "auto", *, val_fraction: float = 0.05) -> DatasetIndex:
-    """List the data set at ``root`` (no decoding) and assign splits. Raises DataError if it is unusable."""
-    layout = discover(Path(root), format)
+def build_index(root: str | Path, format: str = "auto", *, val_fraction: float = 0.05, fields=()) -> DatasetIndex:
+    """List the data set at ``root`` (no decoding) and assign splits. Raises DataError if it is unusable.
+
+    ``fields``: Field objects (or names) to look for besides those the registered tasks declare."""
+    layout = discover(Path(root), format, fields)
     samples, problems = assign_splits(layout.root, layout.samples, layout.meta, val_fraction)
     order = {"train": 0, "val": 1}
     samples.sort(key=lambda s: (order.get(s.split, 2), s.split, s.stem))
@@ -131,7 +133,7 @@ def build_index(root: str | Path, format: str = "auto", *, val_fraction: float =
                         tuple(layout.problems + problems), layout.partner)
 
 
-def index_from_config(data_cfg, root: str | Path | None = None) -> DatasetIndex:
+def index_from_config(data_cfg, root: str | Path | None = None, fields=()) -> DatasetIndex:
     """:func:`build_index` for a :class:`~piti_core.config.DataConfig` (``root`` overrides ``data_cfg.root``)."""
     return build_index(root if root is not None else data_cfg.root, data_cfg.format,
-                       val_fraction=data_cfg.val_fraction)
+                       val_fraction=data_cfg.val_fraction, fields=fields)

@@ -388,19 +388,16 @@ def read_normals(path: Path, meta: DatasetMeta) -> tuple[np.ndarray, np.ndarray]
     return decode_normals(arr, meta.normals_convention)
 
 
-def read_condition(kind: str, path: Path, meta: DatasetMeta) -> dict[str, np.ndarray]:
-    """The arrays of one condition file: {"labels"}, {"edges"}, {"depth", "depth_valid"}, {"normals", ...}."""
-    if kind == "labels":
-        return {"labels": read_labels(path, meta)}
-    if kind == "edges":
-        return {"edges": read_edges(path)}
-    if kind == "depth":
-        d, v = read_depth(path, meta)
-        return {"depth": d, "depth_valid": v}
-    if kind == "normals":
-        n, v = read_normals(path, meta)
-        return {"normals": n, "normals_valid": v}
-    raise ValueError(f"unknown condition kind {kind!r}")
+def _field(kind):
+    from piti_core.data.fields import resolve_field
+
+    return resolve_field(kind)
+
+
+def read_condition(kind, path: Path, meta: DatasetMeta) -> dict[str, np.ndarray]:
+    """The arrays of one file of field ``kind`` (a name or a Field): e.g. {"labels"}, {"depth", "depth_valid"};
+    every array (H, W) or channels-first (C, H, W)."""
+    return _field(kind).load(Path(path), meta)
 
 
 def nearest_to(arr: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -413,26 +410,15 @@ def nearest_to(arr: np.ndarray, height: int, width: int) -> np.ndarray:
     return arr[rows][:, cols]
 
 
-def read_cached(kind: str, path: Path, size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """A condition computed by a preprocessor (see :mod:`piti_core.data.cache`), stored as .npy.
+def read_cached(kind, path: Path, size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """A field computed by a preprocessor (see :mod:`piti_core.data.cache`), stored as .npy.
 
     ``size`` (width, height): scale it onto the photo (nearest) when it was computed at another size.
     """
     arr = np.load(path, allow_pickle=False)
     if size is not None:
         arr = nearest_to(arr, size[1], size[0])
-    if kind == "edges":
-        return {"edges": arr.astype(bool)}
-    if kind == "normals":
-        n, v = decode_normals(arr.astype(np.float32))
-        return {"normals": n, "normals_valid": v}
-    if kind == "depth":
-        arr = arr.astype(np.float32)
-        valid = np.isfinite(arr) & (arr > 0)
-        return {"depth": np.where(valid, arr, 0).astype(np.float32), "depth_valid": valid}
-    if kind == "labels":
-        return {"labels": arr.astype(np.int64)}
-    raise ValueError(f"unknown condition kind {kind!r}")
+    return _field(kind).cached(arr)
 
 
 def check_sizes(sample: Sample, sizes: Mapping[str, tuple[int, int]], image_size: tuple[int, int]) -> None:
@@ -445,24 +431,28 @@ def check_sizes(sample: Sample, sizes: Mapping[str, tuple[int, int]], image_size
 
 
 def probe_sample(sample: Sample, kinds, meta: DatasetMeta) -> None:
-    """Header-level checks of one sample: every file opens, has the right channels and the same size."""
+    """Header-level checks of one sample: every file opens, has the right channels and the same size.
+    ``kinds``: field names or Field objects."""
     size = probe("image", sample.image, meta)
-    check_sizes(sample, {k: probe(k, sample.conditions[k], meta) for k in kinds if k in sample.conditions}, size)
+    fields = [_field(k) for k in kinds]
+    check_sizes(sample, {f.name: f.probe_size(sample.conditions[f.name], meta)
+                         for f in fields if f.name in sample.conditions}, size)
 
 
 def read_sample(sample: Sample, kinds, meta: DatasetMeta, derived: Mapping[str, Path] | None = None) -> dict:
-    """Decode the image and the conditions ``kinds`` of one sample (derived ones from ``derived``)."""
+    """Decode the image and the fields ``kinds`` (names or Field objects) of one sample (derived ones
+    from ``derived``)."""
     out: dict = {"image": read_image(sample.image)}
     h, w = out["image"].shape[:2]
     sizes = {}
-    for kind in kinds:
-        if derived and kind in derived:
-            arrays = read_cached(kind, derived[kind], (w, h))
-        elif kind in sample.conditions:
-            arrays = read_condition(kind, sample.conditions[kind], meta)
+    for f in (_field(k) for k in kinds):
+        if derived and f.name in derived:
+            arrays = read_cached(f, derived[f.name], (w, h))
+        elif f.name in sample.conditions:
+            arrays = f.load(sample.conditions[f.name], meta)
         else:
-            raise _err(sample.image, f"has no {kind} file; add it or pass --skip-bad to skip such images")
-        sizes[kind] = arrays[kind].shape[1], arrays[kind].shape[0]
+            raise _err(sample.image, f"has no {f.name} file; add it or pass --skip-bad to skip such images")
+        sizes[f.name] = arrays[f.name].shape[-1], arrays[f.name].shape[-2]
         out.update(arrays)
     check_sizes(sample, sizes, (w, h))
     return out

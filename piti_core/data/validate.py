@@ -3,7 +3,9 @@
 :func:`check_dataset` lists the data set like the loader does, then decodes every image and every
 condition file with the same readers, and collects every problem instead of stopping at the first:
 the loader and the check can never disagree about what is bad. It also gathers a summary: counts per
-split, image sizes, classes found, depth range, conditions present. Nothing is written anywhere.
+split, image sizes, classes found, depth range, conditions present. Given a task's fields
+(``piti data check DIR --task T``) it checks those fields only, each with its own reader, and names a
+field the data set lacks when nothing derives it. Nothing is written anywhere.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from piti_core.data import readers
+from piti_core.data.fields import known_fields, resolve_fields
 from piti_core.data.index import build_index
 from piti_core.data.records import Problem
 from piti_core.errors import DataError
@@ -38,6 +41,8 @@ class CheckReport:
     ignore_index: int = 255
     depth_range: tuple[float, float] | None = None
     problems: list[Problem] = field(default_factory=list)
+    task: str | None = None
+    derived: tuple[str, ...] = ()  # fields the task needs that the loader derives (no files)
 
     @property
     def ok(self) -> bool:
@@ -57,6 +62,7 @@ class CheckReport:
             "classes_found": {str(k): {"name": self._name(k), "pixels": v} for k, v in sorted(self.classes.items())},
             "depth_range_m": list(self.depth_range) if self.depth_range else None,
             "problems": [p.to_dict() for p in self.problems],
+            "task": self.task, "derived": list(self.derived),
         }
 
     def _name(self, i: int) -> str:
@@ -74,6 +80,9 @@ class CheckReport:
             f"conditions  {', '.join(self.kinds) or 'none (images only)'}; captions {self.captions}",
             f"image sizes {sizes or '-'}",
         ]
+        if self.task is not None:
+            derived = f"; derived: {', '.join(self.derived)}" if self.derived else ""
+            lines.insert(3, f"task        {self.task} (fields checked: {', '.join(self.kinds) or 'image only'}{derived})")
         if "labels" in self.kinds:
             of = f" of {self.num_classes}" if self.num_classes else ""
             shown = ", ".join(f"{k} {self._name(k)}".strip() for k in sorted(self.classes)[:12])
@@ -87,18 +96,39 @@ class CheckReport:
 
 
 def check_dataset(root: str | Path, format: str = "auto", *, val_fraction: float = 0.05,
-                  callback: Callable[[dict], None] | None = None) -> CheckReport:
+                  callback: Callable[[dict], None] | None = None, fields=None, task: str | None = None) -> CheckReport:
     """Decode every file of the data set at ``root``; return the summary and every problem found.
 
+    ``fields`` (Field objects or names; e.g. a task's :meth:`~piti_core.tasks.Task.data_fields`):
+    check these only, and report each one the data set lacks unless the loader derives it; ``task``
+    names the task they come from in messages. Default: every known field the data set holds.
     Raises DataError only when the data set cannot be listed at all (no such folder, unknown layout,
     bad dataset.json). ``callback`` gets ``{"event": "check", "done", "total"}`` after each sample.
     """
-    index = build_index(root, format, val_fraction=val_fraction)
+    wanted = None if fields is None else resolve_fields(f for f in fields if getattr(f, "name", f) != "image")
+    index = build_index(root, format, val_fraction=val_fraction, fields=wanted or ())
     meta = index.meta
-    report = CheckReport(index.root, index.format, meta.name, index.counts(), index.kinds,
+    problems: list[Problem] = []
+    derived: list[str] = []
+    kinds = index.kinds
+    if wanted is not None:
+        kinds = tuple(f.name for f in wanted if f.name in index.kinds)
+        for f in wanted:
+            if f.name in index.kinds:
+                continue
+            if f.derive is not None:
+                derived.append(f.name)
+                continue
+            needs = f"which task '{task}' needs" if task else "which is needed"
+            what = f": {f.description}" if f.description else ""
+            problems.append(Problem(index.root / f.folder, f"no {f.folder}/ folder, {needs} (field {f.name}{what}); "
+                                    f"add {f.folder}/<stem>{f.suffixes[0]} for every image"))
+    report = CheckReport(index.root, index.format, meta.name, index.counts(), kinds,
                          samples=len(index.samples), captions=sum(bool(s.caption) for s in index.samples),
-                         class_names=meta.classes, num_classes=meta.num_classes, ignore_index=meta.ignore_index)
-    problems = list(index.problems) + index.missing(index.samples, index.kinds)
+                         class_names=meta.classes, num_classes=meta.num_classes, ignore_index=meta.ignore_index,
+                         task=task, derived=tuple(derived))
+    by_name = {f.name: f for f in wanted or ()}
+    problems += _relevant(index, wanted) + index.missing(index.samples, kinds)
     if not index.samples:
         where = {"ade20k": "images/training", "coco-stuff": "train2017"}.get(index.format, "images")
         problems.append(Problem(index.root / where, "the data set is empty: no images found; put the images there "
@@ -106,9 +136,9 @@ def check_dataset(root: str | Path, format: str = "auto", *, val_fraction: float
     bad = {p.stem for p in problems if p.stem is not None}
     lo, hi = np.inf, -np.inf
     for done, sample in enumerate(index.samples, 1):
-        kinds = [k for k in index.kinds if k in sample.conditions]
+        present = [by_name.get(k, k) for k in kinds if k in sample.conditions]
         try:
-            arrays = readers.read_sample(sample, kinds, meta)
+            arrays = readers.read_sample(sample, present, meta)
         except DataError as exc:
             problems.append(readers.problem_of(exc, sample.image, sample.stem))
             bad.add(sample.stem)
@@ -129,3 +159,12 @@ def check_dataset(root: str | Path, format: str = "auto", *, val_fraction: float
     report.good = sum(s.stem not in bad for s in index.samples)
     report.problems = problems
     return report
+
+
+def _relevant(index, wanted) -> list[Problem]:
+    """The problems seen listing the data set, less those in the folders of fields not ``wanted``."""
+    if wanted is None:
+        return list(index.problems)
+    names = {f.name for f in wanted}
+    other = {Path(index.root) / f.folder for name, f in known_fields(wanted).items() if name not in names}
+    return [p for p in index.problems if Path(p.file).parent not in other]

@@ -1,6 +1,6 @@
 """Geometry tasks: ``depth``, ``normal`` and ``depth-normal`` -> image."""
 
-from piti_core.hookspecs import hookimpl
+from piti_core.contract import hookimpl
 from piti_plugins.geometry.tasks import DepthNormalTask, DepthTask, NormalTask
 
 __all__ = ["DepthTask", "NormalTask", "DepthNormalTask", "register_tasks"]

@@ -10,8 +10,7 @@ the toy-world oracle (depth AbsRel / δ<1.25, normal angular error; docs/oracle.
 
 from __future__ import annotations
 
-from piti_core.errors import DataError
-from piti_core.tasks import ConditionSpec, Task
+from piti_core.contract import DEPTH, NORMALS, ConditionSpec, DataError, Task
 
 
 def encode_depth(depth, valid=None):
@@ -37,9 +36,7 @@ def encode_normals(normals):
 
 def _read_depth(source):
     """A depth file (16-bit PNG in mm, float .npy or float TIFF; data-set conventions) -> (H, W) metres, 0 = unknown."""
-    from piti_core.data.readers import read_depth
-    from piti_core.data.records import DatasetMeta
-    from piti_plugins.common import as_path
+    from piti_core.contract import DatasetMeta, as_path, read_depth
 
     return read_depth(as_path(source, "a depth map"), DatasetMeta())[0]
 
@@ -47,7 +44,7 @@ def _read_depth(source):
 def _fit_depth(depth, cfg):
     import torch
 
-    from piti_plugins.common import fit_condition
+    from piti_core.contract import fit_condition
 
     return fit_condition(torch.from_numpy(depth).float()[None], "depth", cfg)
 
@@ -61,9 +58,7 @@ def _load_normals(source, cfg):
     """A normal map (RGB (n+1)/2*255 or float .npy, camera space) -> (3, S, S) unit vectors."""
     import torch
 
-    from piti_core.data.readers import read_normals
-    from piti_core.data.records import DatasetMeta
-    from piti_plugins.common import as_path, fit_condition
+    from piti_core.contract import DatasetMeta, as_path, fit_condition, read_normals
 
     normals, _ = read_normals(as_path(source, "a normal map"), DatasetMeta())  # 0 where invalid
     return fit_condition(torch.from_numpy(normals).float().permute(2, 0, 1), "normals", cfg)
@@ -76,8 +71,7 @@ def oracle_geometry(samples, batch, cfg, *, depth_channel: int | None, normal_ch
     else the condition's channels (``batch["cond"]``). ``{}`` off the toy world (no oracle for other data
     sets); a missing or damaged oracle raises CheckpointError. See :mod:`piti_core.eval.oracle_metrics`.
     """
-    from piti_core.eval.oracle import is_toyworld_data
-    from piti_core.eval.oracle_metrics import oracle_alignment
+    from piti_core.contract import is_toyworld_data, oracle_alignment
 
     if not is_toyworld_data(cfg):
         return {}
@@ -99,6 +93,7 @@ class DepthTask(Task):
     name = "depth"
     description = "depth map -> image (per-image normalised log depth)"
     sources = ("depth",)
+    fields = (DEPTH,)
 
     def condition_spec(self, cfg):
         return ConditionSpec(channels=1, value_range=(-1.0, 1.0))
@@ -109,6 +104,8 @@ class DepthTask(Task):
     def preprocess(self, source, cfg):
         return self.encode({"depth": _load_depth(source, cfg)}, cfg).unsqueeze(0)
 
+    alignment_directions = {"absrel": "lower", "delta1": "higher"}
+
     def alignment(self, samples, batch, cfg):
         """Median-scaled AbsRel and δ<1.25 of the toy-world oracle's depth of the samples (toy world only)."""
         return oracle_geometry(samples, batch, cfg, depth_channel=0, normal_channels=None)
@@ -118,6 +115,7 @@ class NormalTask(Task):
     name = "normal"
     description = "surface normals (camera space) -> image"
     sources = ("normals",)
+    fields = (NORMALS,)
 
     def condition_spec(self, cfg):
         return ConditionSpec(channels=3, value_range=(-1.0, 1.0))
@@ -128,6 +126,8 @@ class NormalTask(Task):
     def preprocess(self, source, cfg):
         return self.encode({"normals": _load_normals(source, cfg)}, cfg).unsqueeze(0)
 
+    alignment_directions = {"normal_deg": "lower"}
+
     def alignment(self, samples, batch, cfg):
         """Mean angle (degrees) between the toy-world oracle's normals of the samples and the conditions'."""
         return oracle_geometry(samples, batch, cfg, depth_channel=None, normal_channels=0)
@@ -137,6 +137,7 @@ class DepthNormalTask(Task):
     name = "depth-normal"
     description = "normals + depth (6 channels, as the official model) -> image"
     sources = ("depth", "normals")
+    fields = (DEPTH, NORMALS)
 
     def condition_spec(self, cfg):
         return ConditionSpec(channels=6, value_range=(-1.0, 1.0))
@@ -161,13 +162,14 @@ class DepthNormalTask(Task):
             depth, normals = source
             sample = {"depth": _load_depth(depth, cfg), "normals": _load_normals(normals, cfg)}
         else:
-            from piti_core.data.preprocess import normals_from_depth
-            from piti_plugins.common import fit_condition
+            from piti_core.contract import fit_condition, normals_from_depth
 
             depth = _read_depth(source)
             normals = torch.from_numpy(normals_from_depth(depth)).permute(2, 0, 1)
             sample = {"depth": _fit_depth(depth, cfg), "normals": fit_condition(normals, "normals", cfg)}
         return self.encode(sample, cfg).unsqueeze(0)
+
+    alignment_directions = {"absrel": "lower", "delta1": "higher", "normal_deg": "lower"}
 
     def alignment(self, samples, batch, cfg):
         """The depth and the normal tasks' metrics together (toy world only)."""

@@ -8,8 +8,7 @@ from pathlib import Path
 import attrs
 from attrs import field, frozen
 
-from piti_core.errors import ConfigError
-from piti_core.tasks import ConditionSpec, Task
+from piti_core.contract import LABELS, ConditionSpec, ConfigError, Task
 
 def labelcolormap(n: int) -> list[tuple[int, int, int]]:
     """pix2pixHD's colour map (used by the official COCO-Stuff masks with colour = cmap[label + 1])."""
@@ -104,9 +103,9 @@ def dataset_classes(root: str, fmt: str) -> tuple[tuple[str, ...], tuple | None]
     the data set each time.
     """
     if not root:
-        from piti_core.data.toyworld import CLASSES, PALETTE
+        from piti_core.contract import TOYWORLD_CLASSES, TOYWORLD_PALETTE
 
-        return tuple(CLASSES), tuple(tuple(c) for c in PALETTE)
+        return tuple(TOYWORLD_CLASSES), tuple(tuple(c) for c in TOYWORLD_PALETTE)
     meta = _dataset_meta(root, fmt)
     names = tuple(meta.classes) or tuple(f"class{i}" for i in range(meta.num_classes or 0))
     return names, meta.palette
@@ -114,15 +113,16 @@ def dataset_classes(root: str, fmt: str) -> tuple[tuple[str, ...], tuple | None]
 
 @functools.lru_cache(maxsize=16)
 def _dataset_meta(root: str, fmt: str):
-    from piti_core.data.formats import discover
+    from piti_core.contract import dataset_meta
 
-    return discover(Path(root), fmt).meta
+    return dataset_meta(Path(root), fmt)
 
 
 class MaskTask(Task):
     name = "mask"
     description = "semantic label map -> image (one-hot or official RGB colour coding)"
     sources = ("labels",)
+    fields = (LABELS,)
     config_class = MaskOptions
 
     def classes(self, cfg) -> tuple[list[str], list[tuple[int, int, int]]]:
@@ -196,7 +196,7 @@ class MaskTask(Task):
         valid = (labels >= 0) & (labels < spec.num_classes)
         outside = ~valid & (labels != spec.ignore_index)
         if outside.any():
-            from piti_core.errors import DataError
+            from piti_core.contract import DataError
 
             raise DataError(f"{sample.get('stem', 'a sample')}: label id {int(labels[outside].max())} is outside the "
                             f"task's {spec.num_classes} classes; set mask.num_classes or fix the data set")
@@ -214,9 +214,7 @@ class MaskTask(Task):
         import numpy as np
         import torch
 
-        from piti_core.data.readers import map_colours, opaque_labels, read_labels
-        from piti_core.data.records import DatasetMeta
-        from piti_plugins.common import fit_condition, is_pil
+        from piti_core.contract import DatasetMeta, fit_condition, is_pil, map_colours, opaque_labels, read_labels
 
         spec = self.condition_spec(cfg)
         opts = self.options(cfg)
@@ -262,6 +260,8 @@ class MaskTask(Task):
         ids = dist.argmin(1)
         return ids.where((cond > -0.999).any(1), torch.full_like(ids, spec.ignore_index))
 
+    alignment_directions = {"miou": "higher", "pixel_acc": "higher"}
+
     def alignment(self, samples, batch, cfg):
         """``miou`` and ``pixel_acc`` of the toy-world oracle's label map of the samples against the
         conditions' labels (``batch["labels"]``, else decoded from ``batch["cond"]``).
@@ -269,9 +269,8 @@ class MaskTask(Task):
         Only on the toy world with its own classes: other data sets have no oracle here, so ``{}``.
         A missing or damaged oracle raises CheckpointError (see docs/oracle.md).
         """
-        from piti_core.data.toyworld import CLASSES
-        from piti_core.eval.oracle import is_toyworld_data
-        from piti_core.eval.oracle_metrics import oracle_alignment
+        from piti_core.contract import TOYWORLD_CLASSES as CLASSES
+        from piti_core.contract import is_toyworld_data, oracle_alignment
 
         spec = self.condition_spec(cfg)
         if not is_toyworld_data(cfg) or tuple(spec.class_names or ()) != tuple(CLASSES):

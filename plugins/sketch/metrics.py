@@ -23,7 +23,7 @@ def condition_edges(cond, size: int):
 
 def image_edges(images) -> np.ndarray:
     """Images (B, 3, H, W) in [-1, 1] -> Canny edges (B, H, W) bool."""
-    from piti_core.data.preprocess import canny_edges
+    from piti_core.contract import canny_edges
 
     arr = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
     return np.stack([canny_edges(a) > 0 for a in arr])

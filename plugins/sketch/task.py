@@ -12,7 +12,7 @@ from __future__ import annotations
 import attrs
 from attrs import field, frozen
 
-from piti_core.tasks import ConditionSpec, Task
+from piti_core.contract import EDGES, ConditionSpec, Task
 
 
 @frozen
@@ -44,6 +44,7 @@ class SketchTask(Task):
     name = "sketch"
     description = "edge map or drawing -> image (official L1 distance-transform encoding)"
     sources = ("edges",)
+    fields = (EDGES,)
     config_class = SketchOptions
 
     def condition_spec(self, cfg) -> ConditionSpec:
@@ -61,8 +62,7 @@ class SketchTask(Task):
         import numpy as np
         import torch
 
-        from piti_core.data.readers import to_rgb
-        from piti_plugins.common import fit_condition, is_pil, load_rgb
+        from piti_core.contract import fit_condition, is_pil, load_rgb, to_rgb
 
         rgb = to_rgb(source) if is_pil(source) else load_rgb(source)  # transparency composited over white
         grey = rgb.astype(np.float32).mean(axis=2) / 255.0
@@ -76,6 +76,8 @@ class SketchTask(Task):
         # the data set's edge resampling (max-pool when shrinking), so thin strokes survive the resize
         binary = fit_condition(torch.from_numpy(edges.astype(np.float32))[None], "edges", cfg)
         return self.encode({"edges": binary}, cfg).unsqueeze(0)
+
+    alignment_directions = {"edge_f1": "higher", "chamfer": "lower"}
 
     def alignment(self, samples, batch, cfg):
         """Edge F1 / Chamfer distance between the samples' Canny edges and the input sketches."""
@@ -93,17 +95,17 @@ def _photo_edges(rgb, opts):
 
     kind = opts.photo_edges
     if kind == "auto":
-        from piti_core.models.hed import hed_weights_path
+        from piti_core.contract import hed_weights_path
 
         kind = "hed" if hed_weights_path() is not None else "canny"
     if kind == "canny":
-        from piti_core.data.preprocess import canny_edges
+        from piti_core.contract import canny_edges
 
         return canny_edges(rgb) > 0
     import torch
     import torch.nn.functional as F
 
-    from piti_core.models.hed import edges_from_photo
+    from piti_core.contract import edges_from_photo
 
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
     x = F.interpolate(x, size=(256, 256), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
