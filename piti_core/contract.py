@@ -23,7 +23,8 @@ derived conditions     canny_edges, normals_from_depth, encode_normals_rgb, regi
 errors                 PitiError, DataError, ConfigError, UsageError, PluginError, CheckpointError
 evaluation helpers     is_toyworld_data, oracle_alignment, TOYWORLD_CLASSES, TOYWORLD_PALETTE,
                        hed_weights_path, edges_from_photo
-testing (pytest)       assert_task_contract, make_plugin_module, FakeEntryPoint
+testing (pytest)       assert_task_contract, assert_field_contract, assert_sampler_contract,
+                       make_plugin_module, FakeEntryPoint
 version                CONTRACT_VERSION, require_contract
 =====================  ==============================================================================
 
@@ -71,7 +72,9 @@ _EXPORTS = {
     "TOYWORLD_PALETTE": ("piti_core.data.toyworld", "PALETTE"),
     "hed_weights_path": "piti_core.models.hed", "edges_from_photo": "piti_core.models.hed",
     # testing helpers (import pytest when used)
-    "assert_task_contract": "piti_core.testing", "make_plugin_module": "piti_core.testing",
+    "assert_task_contract": "piti_core.testing", "assert_field_contract": "piti_core.testing",
+    "assert_sampler_contract": "piti_core.testing",
+    "make_plugin_module": "piti_core.testing",
     "FakeEntryPoint": "piti_core.testing",
 }
 

@@ -246,3 +246,45 @@ def _check_callback(infos: list) -> None:
         assert not missing, f"callback info lacks {', '.join(sorted(missing))}"
         assert info["i"] == i, f"callback step numbers must count 0, 1, ...: got {info['i']} as call {i}"
         assert info["total"] == len(infos), f"callback total {info['total']} != {len(infos)} calls"
+
+
+def assert_field_contract(field, good_file=None, bad_file=None, size: int = 16) -> None:
+    """Check a :class:`~piti_core.data.fields.Field` on CPU: its declaration, random values, resampling
+    to ``size`` without clamping (unless it declares a clamp), and, when given, that ``good_file``
+    reads to the declared channels and that ``bad_file`` is refused with a one-line DataError naming it.
+    """
+    import torch
+
+    from piti_core.data.fields import RESAMPLING, Field
+    from piti_core.data.transforms import resize_field
+    from piti_core.errors import DataError
+
+    assert isinstance(field, Field), f"{field!r} is not a piti_core.contract.Field"
+    assert field.resample in RESAMPLING and field.suffixes, f"field '{field.name}': bad resample or suffixes"
+    values = field.synthetic_values(size * 2, torch.Generator().manual_seed(0))
+    assert field.name in values, f"field '{field.name}': synthetic values lack '{field.name}'"
+    x = values[field.name]
+    x = x[None] if x.ndim == 2 else x
+    assert x.shape[-2:] == (size * 2, size * 2), f"field '{field.name}': synthetic shape {tuple(x.shape)}"
+    if field.channels is not None:
+        assert x.shape[0] == field.channels, f"field '{field.name}': {x.shape[0]} channels, declares {field.channels}"
+    out = resize_field(field.name, x * 7 - 3 if x.is_floating_point() else x, size, field.resampling(field.name),
+                       field.clamp)
+    assert out.shape[-2:] == (size, size), f"field '{field.name}': resampled to {tuple(out.shape)}"
+    if field.clamp is None and x.is_floating_point() and float(x.max()) > 0.5:
+        assert float(out.max()) > 1.0, f"field '{field.name}': resampling clamped its values"
+    if good_file is not None:
+        arrays = field.load(good_file)
+        main = arrays[field.name]
+        c = 1 if main.ndim == 2 else main.shape[0]
+        assert field.channels is None or c == field.channels, f"{good_file}: {c} channels, declares {field.channels}"
+        w, h = field.probe_size(good_file)
+        assert (h, w) == tuple(main.shape[-2:]), f"{good_file}: probe_size {(w, h)} != the array's {main.shape[-2:]}"
+    if bad_file is not None:
+        try:
+            field.load(bad_file)
+        except DataError as exc:
+            message = str(exc)
+            assert "\n" not in message and str(bad_file) in message, f"not one line naming the file: {message}"
+        else:
+            raise AssertionError(f"field '{field.name}' read the bad file {bad_file} without a DataError")

@@ -3,6 +3,8 @@
 Modules (importing this package imports none of them, nor torch)::
 
     records     Problem, Sample, DatasetMeta, DepthSpec: plain records
+    fields      Field: what a task reads from a data set (folder, reader, resampling ...); the built-ins
+    conditions  a user's condition file through the data layer (load_rgb, fit_condition, fit_field)
     formats     layouts (paired folders / toy world, ADE20K, COCO-Stuff), dataset.json, detection
     index       DatasetIndex, build_index(): deterministic splits and subsets
     readers     decode one file, or raise a one-line DataError naming it
@@ -31,6 +33,7 @@ _EXPORTS = {
     "default_dataset_root": "default", "ensure_toyworld": "default",
     "detect_format": "formats",
     "Problem": "records", "Sample": "records", "DatasetMeta": "records",
+    "Field": "fields", "resolve_fields": "fields", "registered_fields": "fields",
 }
 
 __all__ = sorted(_EXPORTS)

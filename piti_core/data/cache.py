@@ -175,15 +175,16 @@ class CachedConditions(Mapping[str, Path]):
         return len(self.paths)
 
 
-def _read_source(source: str, sample, meta: DatasetMeta) -> np.ndarray:
+def _read_source(source, sample, meta: DatasetMeta) -> np.ndarray:
+    """The input array of a preprocessor: the photo, or the field ``source`` (a name or a Field)."""
     if source == "image":
         return readers.read_image(sample.image)
-    if source not in sample.conditions:
-        raise DataError(f"{sample.image}: has no {source} file to derive from; add it or pass --skip-bad")
     from piti_core.data.fields import resolve_field
 
     field = resolve_field(source)
-    return field.as_source(field.load(sample.conditions[source], meta))
+    if field.name not in sample.conditions:
+        raise DataError(f"{sample.image}: has no {field.name} file to derive from; add it or pass --skip-bad")
+    return field.as_source(field.load(sample.conditions[field.name], meta))
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
@@ -195,16 +196,17 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def cached_conditions(index, name: str, fn: Callable[..., np.ndarray], version: str, params: Mapping[str, Any],
-                      callback: Callable[[dict], None] | None = None, *, source: str = "image",
+                      callback: Callable[[dict], None] | None = None, *, source="image",
                       skip_bad: bool = False, save_every: int = 200) -> CachedConditions:
     """Run ``fn(source_array, **params)`` over ``index.samples``, reusing cached outputs.
 
-    ``index`` is a :class:`~piti_core.data.index.DatasetIndex` (restrict it with ``with_samples``).
-    ``callback`` gets ``{"event": "preprocess", "name", "done", "total", "built", "reused"}`` after each
+    ``index`` is a :class:`~piti_core.data.index.DatasetIndex` (restrict it with ``with_samples``);
+    ``source`` is "image", a field name or a :class:`~piti_core.data.fields.Field`. ``callback`` gets ``{"event": "preprocess", "name", "done", "total", "built", "reused"}`` after each
     sample. A source that cannot be read raises DataError, or with ``skip_bad`` is left out and listed
     in ``skipped``.
     """
     params = dict(params)
+    field_source, source = source, getattr(source, "name", source)  # a Field object or a name
     directory = cache_dir(index.root, name, version, params)
     manifest_path = directory / MANIFEST
     files: dict[str, dict] = {}
@@ -243,7 +245,7 @@ def cached_conditions(index, name: str, fn: Callable[..., np.ndarray], version: 
                 writable_home_dir(directory)
                 writable = True
             try:
-                arr = np.asarray(fn(_read_source(source, sample, index.meta), **params))
+                arr = np.asarray(fn(_read_source(field_source, sample, index.meta), **params))
             except DataError as exc:
                 if not skip_bad:
                     raise

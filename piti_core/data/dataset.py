@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from piti_core.data import readers
-from piti_core.data.cache import cached_preprocessor, get_preprocessor
+from piti_core.data.cache import cached_conditions, cached_preprocessor, get_preprocessor
 from piti_core.data.fields import Field, resolve_fields
 from piti_core.data.index import DatasetIndex, index_from_config
 from piti_core.data.records import DatasetMeta, Problem, Sample
@@ -115,6 +115,11 @@ class PairedDataset(torch.utils.data.Dataset):
         s = self.samples[j]
         out["caption"], out["stem"] = s.caption, s.stem
         return self.transform(out) if self.transform is not None else out
+
+
+def _decoded(arr):
+    """The "preprocessor" of a cached field: its decoded array as it is."""
+    return arr
 
 
 def _sizes(image_size, image_sizes) -> tuple[int, ...]:
@@ -216,9 +221,17 @@ def build_dataset(data_cfg, split: str = "train", *, fields: Iterable["Field | s
         derived[kind] = res.paths
         skipped += res.skipped
         samples = [s for s in samples if s.stem in res.paths]
+    for f in wanted:  # fields that keep their decoded arrays in the cache (an expensive reader)
+        if f.cache is None or f.name in derived:
+            continue
+        res = cached_conditions(index.with_samples(samples), f"field-{f.name}", _decoded, f.cache, {}, callback,
+                                source=f, skip_bad=data_cfg.skip_bad)
+        derived[f.name] = res.paths
+        skipped += res.skipped
+        samples = [s for s in samples if s.stem in res.paths]
     if not samples:
         raise DataError(f"{index.root}: no usable sample left in split '{split}' ({len(skipped)} skipped as bad); "
                         f"run `piti data check {index.root}`")
-    return PairedDataset(index, samples, kinds=(*wanted, *(("image",) if image_cond else ())), derived=derived, image_sizes=sizes, cond_size=cond_size,
-                         resize=data_cfg.resize, train=train, flip=data_cfg.flip, transform=transform,
+    return PairedDataset(index, samples, kinds=(*wanted, *(("image",) if image_cond else ())), derived=derived,
+                         image_sizes=sizes, cond_size=cond_size, resize=data_cfg.resize, train=train, flip=data_cfg.flip, transform=transform,
                          skip_bad=data_cfg.skip_bad, skipped=skipped, callback=callback)

@@ -54,7 +54,10 @@ class Field:
     ``channels``: the channel count of the main array (None: any); ``dtype``: "float32" or "int64"
     (class ids: always resampled nearest); ``squeeze``: hand ``(H, W)`` instead of ``(1, H, W)`` to
     the task; ``binary``: threshold at 0.5 after resampling; ``clamp``: (low, high) applied after
-    resampling — None (the default) never clamps; ``lossless``: refuse JPEG/WebP files.
+    resampling — None (the default) never clamps; ``lossless``: refuse JPEG/WebP files; ``derive``:
+    the registered preprocessor that makes the field when a data set has no folder for it;
+    ``cache``: a version string to keep the decoded arrays under PITI_HOME (for an expensive reader;
+    change it when the reader changes), None reads the files every time.
     """
 
     name: str
@@ -71,6 +74,7 @@ class Field:
     vector: bool = False
     lossless: bool = True
     derive: str | None = None
+    cache: str | None = None
     probe: Callable[[Path, DatasetMeta], tuple[int, int]] | None = None
     from_cache: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None
     synthetic: Callable[..., Mapping[str, Any]] | None = None

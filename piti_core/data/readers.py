@@ -416,7 +416,7 @@ def read_cached(kind, path: Path, size: tuple[int, int] | None = None) -> dict[s
     ``size`` (width, height): scale it onto the photo (nearest) when it was computed at another size.
     """
     arr = np.load(path, allow_pickle=False)
-    if size is not None:
+    if size is not None and (size[1], size[0]) not in (tuple(arr.shape[:2]), tuple(arr.shape[-2:])):
         arr = nearest_to(arr, size[1], size[0])
     return _field(kind).cached(arr)
 

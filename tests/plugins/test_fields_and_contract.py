@@ -254,3 +254,131 @@ def test_builtin_tasks_declare_their_fields():
     assert host.task("mask").data_fields() == (LABELS,)
     assert host.task("sketch").data_fields() == (EDGES,)
     assert host.task("depth-normal").data_fields() == (DEPTH, NORMALS)
+
+
+def test_a_task_listing_image_encodes_the_photo_at_the_condition_size(tmp_path):
+    from piti_core.config import resolve_config
+    from piti_core.contract import ConditionSpec, Task
+
+    seen = []
+
+    class Grey(Task):
+        name = "grey"
+        sources = ("image",)
+
+        def condition_spec(self, cfg):
+            return ConditionSpec(channels=1)
+
+        def encode(self, sample, cfg):
+            seen.append(tuple(sample["image"].shape))
+            return sample["image"].mean(0, keepdim=True)
+
+    root = _feat_dataset(tmp_path / "ds", n=2)
+    cfg = resolve_config(preset="tiny", overrides=[f"data.root={root}", "data.val_fraction=0"])
+    assert cfg.model.image_size != cfg.encoder.cond_size
+    sample = Grey().build_dataset(cfg, "train", train=False)[0]
+    s = cfg.encoder.cond_size
+    assert seen == [(3, s, s)] and tuple(sample["cond"].shape) == (1, s, s)
+    assert tuple(sample["image"].shape) == (3, cfg.model.image_size, cfg.model.image_size)  # the target
+    assert "cond_image" not in sample
+
+
+def test_a_cached_field_is_read_once_and_reused(tmp_path, piti_home):
+    import attrs
+
+    from piti_core.config import DataConfig
+    from piti_core.contract import Field
+    from piti_core.data.dataset import build_dataset
+
+    calls = []
+
+    def read(path):
+        calls.append(path.name)
+        return np.load(path, allow_pickle=False)
+
+    field = Field("feat16", folder="features", suffixes=(".npy",), read=read, channels=16, cache="1")
+    root = _feat_dataset(tmp_path / "ds", n=3)
+    cfg = DataConfig(root=str(root), val_fraction=0.0)
+    first = build_dataset(cfg, "train", fields=(field,), image_size=8, cond_size=8, validate="none")
+    assert len(calls) == 3 and tuple(first[0]["feat16"].shape) == (16, 8, 8)
+    again = build_dataset(attrs.evolve(cfg), "train", fields=(field,), image_size=8, cond_size=8, validate="none")
+    again[0], again[1]
+    assert len(calls) == 3, "the cached field was decoded again"
+    expected = np.load(root / "features" / "s0.npy")
+    got = readers_of(again, 0)
+    assert np.allclose(got, expected)
+
+
+def readers_of(ds, i):
+    return ds.load(i)["feat16"]
+
+
+def test_field_contract_check(tmp_path):
+    from piti_core.contract import EDGES, LABELS, NORMALS, Field, assert_field_contract
+
+    root = _feat_dataset(tmp_path / "ds", n=2)
+    bad = root / "features" / "bad.npy"
+    np.save(bad, np.zeros((2, 4, 4), np.float32))
+
+    def read(path):
+        return np.load(path, allow_pickle=False)
+
+    feat = Field("feat16", folder="features", suffixes=(".npy",), read=read, channels=16, resample="bicubic")
+    assert_field_contract(feat, root / "features" / "s0.npy", bad)
+    for f in (EDGES, LABELS, NORMALS):
+        assert_field_contract(f)
+
+
+# --------------------------------------------------------------------- hostile field files (corpus)
+
+
+def _nan(root):
+    arr = np.load(root / "features" / "s2.npy")
+    arr[0, 0, 0] = np.nan
+    np.save(root / "features" / "s2.npy", arr)
+    return "s2.npy", ["nan"]
+
+
+def _truncated(root):
+    path = root / "features" / "s2.npy"
+    path.write_bytes(path.read_bytes()[:200])
+    return "s2.npy", ["s2.npy"]
+
+
+def _wrong_size(root):
+    np.save(root / "features" / "s2.npy", np.zeros((16, 20, 40), np.float32))
+    return "s2.npy", ["40x20", "same size"]
+
+
+def _pickled(root):
+    np.save(root / "features" / "s2.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    return "s2.npy", ["s2.npy"]
+
+
+def _jpeg_in_a_lossless_folder(root):
+    Image.new("RGB", (40, 40)).save(root / "features" / "s2.jpg")
+    return "s2.jpg", ["losslessly"]
+
+
+HOSTILE = {"nan": _nan, "truncated": _truncated, "wrong-size": _wrong_size, "pickled": _pickled,
+           "jpeg": _jpeg_in_a_lossless_folder}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_field_file_is_one_line_naming_it(tmp_path, feat_plugin, case):
+    root = _feat_dataset(tmp_path / "ds")
+    name, words = HOSTILE[case](root)
+    before = snapshot(root)
+    res = invoke("data", "check", root, "--task", "feat16")
+    assert_clean_failure(res, 1, watched=before, watched_paths=[root])
+    lines = [line for line in res.stdout.splitlines() if name in line]
+    assert len(lines) == 1, res.stdout
+    for word in words:
+        assert word.lower() in lines[0].lower(), lines[0]
+    train = invoke("train", "--task", "feat16", "--preset", "tiny", "--out", tmp_path / "run", "--device", "cpu",
+                   "--no-preview", "--set", f"data.root={root}", "--set", "data.val_fraction=0", "--set",
+                   "train.stage1_steps=1", "--set", "train.batch_size=6", "--set", "encoder.layers=1")
+    errors = [line for line in train.stderr.splitlines() if line.startswith("Error:")]
+    assert train.exit_code == 1 and "Traceback" not in train.stderr, train.stderr
+    assert len(errors) == 1 and name in errors[0], train.stderr  # the data error, after the status lines
+    assert snapshot(root) == before
