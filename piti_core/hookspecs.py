@@ -33,7 +33,10 @@ def register_samplers(register):
 
 @hookspec
 def register_metrics(register):
-    """Register evaluation metrics: ``register(name, fn)``; ``fn`` is called by ``piti eval``."""
+    """Register evaluation metrics: ``register(metric)`` with a :class:`piti_core.metrics.Metric` (its
+    name, direction, needs and tasks); ``piti eval`` runs those that apply to the run's task. The
+    pre-v2 ``register(name, fn)`` (``fn(samples, batch, cfg)`` -> number or dict, per batch) still works
+    and is deprecated."""
 
 
 @hookspec

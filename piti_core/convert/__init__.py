@@ -152,11 +152,14 @@ def _require_proj(sd):
 
 
 def load_official(state_dict: Mapping[str, Any], kind: str = "base", *, head_channels: int = HEAD_CHANNELS,
-                  encoder_heads: int = ENCODER_HEADS, image_size: Optional[int] = None, task: str = ""):
+                  encoder_heads: int = ENCODER_HEADS, image_size: Optional[int] = None, task: str = "",
+                  encoder_task=None):
     """An official PITI state dict → an eval-mode :class:`PitiModel` with the same outputs.
 
     Sizes (condition channels, widths, blocks, attention levels, heads = C / ``head_channels``) come
-    from the tensors. The model's ``config`` attribute holds the inferred PitiConfig.
+    from the tensors. The model's ``config`` attribute holds the inferred PitiConfig. ``encoder_task``
+    (the installed Task ``task`` names) builds the encoder, as every run of that task does; a task with
+    its own encoder architecture cannot take the official PITI encoder's weights (CheckpointError).
     """
     import torch
 
@@ -169,7 +172,8 @@ def load_official(state_dict: Mapping[str, Any], kind: str = "base", *, head_cha
     cfg, cond = official_config({kind: sd}, task, head_channels, encoder_heads,
                                 {kind: image_size} if image_size else None)
     with torch.device("meta"):
-        model = (build_base if kind == "base" else build_upsampler)(cfg, cond)
+        model = (build_base if kind == "base" else build_upsampler)(cfg, cond, task=encoder_task)
+    _check_official_encoder(model.encoder, task)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     ours = convert_state_dict(sd, expected, head_channels, encoder_heads, where=f"official {kind} checkpoint")
     load_weights(model, ours, assign=True)
@@ -177,18 +181,29 @@ def load_official(state_dict: Mapping[str, Any], kind: str = "base", *, head_cha
     return model.eval()
 
 
+def _check_official_encoder(encoder, task: str) -> None:
+    from piti_core.models.encoder import TaskEncoder
+
+    if not isinstance(encoder, TaskEncoder):
+        raise CheckpointError(
+            f"task '{task}' builds its own encoder ({type(encoder).__name__}); official PITI checkpoints hold the "
+            "PITI task encoder, which it cannot load: convert them for a task that uses the PITI encoder, or "
+            "convert GLIDE's (--glide) to start this task's encoder fresh")
+
+
 def load_glide(state_dict: Mapping[str, Any], kind: str, cond_channels: int, config=None, *,
-               head_channels: int = HEAD_CHANNELS, image_size: Optional[int] = None, seed: int = 0):
+               head_channels: int = HEAD_CHANNELS, image_size: Optional[int] = None, seed: int = 0,
+               encoder_task=None):
     """GLIDE ``base.pt`` / ``upsample.pt`` → :class:`PitiModel` with GLIDE's decoder and a new task encoder.
 
     The text side is dropped; the task encoder (``config.encoder``, default: the ``glide`` preset's)
-    is initialised from ``seed`` — it starts random, as in PITI's stage 1. Without ``config`` the UNet
+    is initialised from ``seed`` — it starts random, as in PITI's stage 1; ``encoder_task`` (a Task)
+    builds it when given (:meth:`~piti_core.tasks.Task.build_encoder`). Without ``config`` the UNet
     sizes are read from the tensors. The model's ``config`` attribute holds the config used.
     """
     import torch
 
-    from piti_core.models.build import PitiModel, load_weights
-    from piti_core.models.encoder import TaskEncoder
+    from piti_core.models.build import PitiModel, build_task_encoder, load_weights
     from piti_core.models.unet import UNet
 
     _check_kind(kind)
@@ -203,7 +218,7 @@ def load_glide(state_dict: Mapping[str, Any], kind: str, cond_channels: int, con
     load_weights(decoder, {k[len("decoder."):]: v for k, v in ours.items()}, assign=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = TaskEncoder.from_config(config.encoder, cond_channels, checkpointing=unet_cfg.checkpointing)
+        encoder = build_task_encoder(encoder_task, config, unet_cfg, cond_channels)
     model = PitiModel(encoder, decoder).eval()
     model.config = config
     return model
@@ -234,6 +249,7 @@ def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=Non
     OutputFolder(out, owned=run_files(out), overwrite=overwrite, command="a piti run").claim(
         [CONFIG_JSON, RUN_JSON, *(f"{kind}.safetensors" for kind in paths)])
     notify = callback or (lambda info: None)
+    encoder_task = _installed_task(task)
     models = {}
     sds = {}
     for kind, path in paths.items():
@@ -245,7 +261,7 @@ def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=Non
         for kind in list(sds):
             notify({"stage": "convert", "model": kind})
             models[kind] = load_glide({k[len("decoder."):]: v for k, v in sds.pop(kind).items()}, kind,
-                                      cond_channels, cfg, seed=seed)
+                                      cond_channels, cfg, seed=seed, encoder_task=encoder_task)
         origin = "glide"
     else:
         cfg, found = official_config(sds, task, defaults=config)
@@ -259,8 +275,18 @@ def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=Non
         for kind in list(sds):
             notify({"stage": "convert", "model": kind})
             sizes = {"base": cfg.model.image_size, "upsampler": cfg.upsampler.image_size}
-            models[kind] = load_official(sds.pop(kind), kind, task=task, image_size=sizes[kind])
+            models[kind] = load_official(sds.pop(kind), kind, task=task, image_size=sizes[kind],
+                                         encoder_task=encoder_task)
         origin = "piti"
     notify({"stage": "write", "model": ",".join(models)})
     extra = {"origin": origin, "inputs": {k: str(Path(p).name) for k, p in paths.items()}}
     return save_run(out, cfg, models, task=task, cond_channels=cond_channels, source="convert", extra=extra)
+
+
+def _installed_task(name: str):
+    """The installed Task called ``name`` (it builds the run's encoders), or None."""
+    if not name:
+        return None
+    from piti_core.plugins import get_plugin_manager
+
+    return get_plugin_manager().tasks.get(name)

@@ -1,11 +1,13 @@
 """`piti eval`: sample the validation split of a run's data set and score the samples.
 
 For the first ``n`` validation items (in the split's fixed order) the run's cascade samples an image
-from each condition; per batch the task's alignment metric (:meth:`piti_core.tasks.Task.alignment`)
-is computed on the samples and, as a reference, on the real images, and the Inception features of
-both are accumulated. At the end come FID and KID of the samples against the real images (at the
-samples' resolution), and on the toy world also FID/KID in the feature space of the toy-world oracle
-(:mod:`piti_core.eval.oracle`; not comparable with Inception FID).
+from each condition, and every registered metric that applies to the run's task (or those chosen,
+``metrics``) sees each batch (:mod:`piti_core.metrics`). The built-in ones (``piti_plugins.metrics``)
+are the task's alignment metric (:meth:`piti_core.tasks.Task.alignment`, on the samples and, as a
+reference, on the real images), FID and KID of the samples against the real images (at the samples'
+resolution), and on the toy world FID/KID in the feature space of the toy-world oracle
+(:mod:`piti_core.eval.oracle`; not comparable with Inception FID). The Inception features are computed
+here, once, when a chosen metric needs them.
 
 The real images' Inception statistics are cached (:func:`piti_core.eval.fid.cached_stats`) under a
 key naming the data set (root, format, split, the chosen files' names, sizes and mtimes), ``n``, the
@@ -27,25 +29,15 @@ from typing import Any, Callable
 import attrs
 import torch
 
-from piti_core.errors import CheckpointError, PitiError
+from piti_core.errors import CheckpointError, PitiError, PluginError, UsageError
+from piti_core.metrics import EvalContext, FeatureSet, MetricBatch, MetricSkipped, MetricValue, guess_direction
 
 EVAL_FORMAT = "piti-eval/1"
 KID_SUBSET = 1000  # torch-fidelity / clean-fid default, lowered to n for small evaluations
 FID_UNBIASED_N = 2048  # below this many images FID is noticeably biased upward
 Callback = Callable[[dict], None]
 
-_HIGHER = ("f1", "iou", "acc", "delta", "precision", "recall", "psnr", "ssim")
-_LOWER = ("fid", "kid", "chamfer", "rmse", "abs_rel", "absrel", "deg", "err", "angle", "lpips", "mse", "mae")
-
-
-def direction(name: str) -> str:
-    """"higher" / "lower" is better for a metric name, "" when the name does not tell."""
-    low = name.lower()
-    if any(k in low for k in _LOWER):
-        return "lower"
-    if any(k in low for k in _HIGHER):
-        return "higher"
-    return ""
+direction = guess_direction  # "higher" / "lower" is better for a metric name, "" when the name does not tell
 
 
 @attrs.frozen
@@ -57,16 +49,18 @@ class Evaluation:
 def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None = None, device: str = "cpu",
              dtype: str = "fp32", fid: bool = True, fid_weights: str | None = None, sample_dir: Path | None = None,
              grid_items: int = 8, callback: Callback | None = None, compile: bool = False,
-             claim: Callable[[list[str]], None] | None = None) -> Evaluation:
+             claim: Callable[[list[str]], None] | None = None, metrics=None) -> Evaluation:
     """Sample the first ``n`` (default all) validation items of the run's data set and score them.
 
     ``settings`` is the run's :class:`~piti_core.config.SampleConfig` with the caller's changes;
     ``data_root`` replaces the run's ``data.root`` (format detected). ``sample_dir`` receives one PNG
-    per sample. ``fid_weights`` is passed to :func:`~piti_core.eval.inception.load_fid_inception`; when
-    it is None and the default weights are missing, FID/KID are reported as unavailable with a note;
-    named weights are loaded first, so a bad file fails before anything else. FID/KID (Inception and
-    oracle) need at least 2 images: with fewer they are skipped with a note.
-    ``compile`` runs the decoders through torch.compile (:func:`piti_core.compile.compile_model`).
+    per sample. ``metrics`` names the registered metrics to run (default: every one that applies to the
+    run's task; an unknown name or one for another task is a UsageError listing the valid ones).
+    ``fid_weights`` is passed to :func:`~piti_core.eval.inception.load_fid_inception`; when it is None
+    and the default weights are missing, the metrics that need Inception features (FID/KID) are
+    reported as unavailable with a note; named weights are loaded first, so a bad file fails before
+    anything else. FID/KID (Inception and oracle) need at least 2 images: with fewer they are skipped
+    with a note. ``compile`` runs the decoders through torch.compile (:func:`piti_core.compile.compile_model`).
     ``claim`` receives the sample files' paths relative to the output folder (``samples/<stem>.png``)
     before any sampling (:meth:`piti_core.io.OutputFolder.claim`); the record lists them in ``files``.
     """
@@ -74,7 +68,9 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
 
     say = callback or (lambda event: None)
     dev = torch.device(device)
-    inception, notes_fid = _inception(fid, fid_weights, dev)
+    chosen = select_metrics(run_task_name(run_dir), metrics)
+    wants_features = any("features" in m.needs for m in chosen)
+    inception, notes_fid = _inception(fid and wants_features, fid_weights, dev)
     run, task, names, compute = load_cascade(run_dir, settings, device=device, dtype=dtype, compile=compile,
                                              verb="evaluate")
     cfg = attrs.evolve(run.config, sample=settings)
@@ -97,18 +93,14 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
     inception, notes_fid = _enough_images(inception, notes_fid, total)
     notes += notes_fid
     real_cached = _load_cached(ref_key) if inception is not None else None
-    oracle, note = _oracle(dev) if toy and total >= 2 else (None, None)
-    if toy and total < 2:
-        note = f"toy-world oracle FID/KID skipped: they need at least 2 images; n = {total}"
-    if note:
-        notes.append(note)
-    feats: dict[str, list] = {"fake": [], "real": [], "oracle_fake": [], "oracle_real": []}  # (B, D) CPU chunks
+    ctx = EvalContext(task=task, cfg=cfg, n=total, resolution=resolution, device=dev, toy_world=toy)
+    no_features = "skipped (--no-fid)" if not fid else "unavailable (see the notes)"
+    states, unavailable = _start_metrics(chosen, ctx, inception is not None, no_features, notes)
+    feats: dict[str, list] = {"fake": [], "real": []}  # Inception features (B, D) CPU chunks
     for note in notes:
         say({"event": "note", "message": note})
     say({"event": "eval-start", "total": total, "dataset": str(ds.root), "reference_cached": real_cached is not None})
 
-    sums: dict[str, float] = {}
-    real_sums: dict[str, float] = {}
     rows: list = []
     grid_stems: list[str] = []
     stems: dict[str, int] = {}
@@ -124,16 +116,19 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
         final = final.float().clamp(-1, 1)
         gt = batch[gt_key].float().clamp(-1, 1)
         count = stop - start
-        _accumulate(sums, task.alignment(final, batch, cfg), count)
-        _accumulate(real_sums, task.alignment(gt, batch, cfg), count)
-        with torch.inference_mode():
-            if inception is not None:
-                feats["fake"].append(inception(final).cpu())
-                if real_cached is None:
-                    feats["real"].append(inception(gt).cpu())
-            if oracle is not None:
-                feats["oracle_fake"].append(oracle.features(final).float().cpu())
-                feats["oracle_real"].append(oracle.features(gt).float().cpu())
+        features = None
+        if inception is not None:
+            with torch.inference_mode():
+                features = {"samples": inception(final).cpu(),
+                            "real": inception(gt).cpu() if real_cached is None else None}
+            feats["fake"].append(features["samples"])
+            if features["real"] is not None:
+                feats["real"].append(features["real"])
+        full = {"samples": final, "real": gt, "condition": batch["cond"], "batch": batch, "features": features}
+        for metric in chosen:
+            if metric.name in states:
+                view = MetricBatch(**{k: v for k, v in full.items() if k in metric.needs})
+                states[metric.name] = _call(metric, "update", states[metric.name], view, ctx)
         for i in range(count):
             stem = _unique(stems, str(batch["stem"][i]))
             if sample_dir is not None:
@@ -146,42 +141,121 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
         say({"event": "eval-batch", "done": stop, "total": total})
     seconds = time.perf_counter() - started
 
-    metrics: dict[str, Any] = {}
-    info: dict[str, dict] = {}
     if inception is not None:
         from piti_core.eval.fid import cached_stats
 
         real = real_cached
         if real is None:  # first evaluation of these images: store their statistics
-            real = cached_stats(ref_key, lambda: _stats(feats["real"]), need_features=True)
-        metrics.update(_fid_kid(real, _stats(feats["fake"]), "", info,
-                                f"Inception-v3 pool3 (TF 2015-12-05), {resolution}px samples vs real images"))
-    else:
-        for name in ("fid", "kid", "kid_std"):
-            metrics[name] = None
-            info[name] = {"label": name.upper().replace("_STD", " std"), "better": direction(name),
-                          "note": "unavailable (see the notes)" if fid else "skipped (--no-fid)"}
-    for name, value in sums.items():
-        metrics[name] = value / total
-        info[name] = {"label": name, "better": direction(name), "note": f"alignment ({task.name} task)",
-                      "real": real_sums[name] / total if name in real_sums else None}
-    if oracle is not None:
-        metrics.update(_fid_kid(_stats(feats["oracle_real"]), _stats(feats["oracle_fake"]), "oracle_", info,
-                                "toy-world oracle features: NOT comparable with Inception FID"))
+            real = cached_stats(ref_key, lambda: feature_stats(feats["real"]), need_features=True)
+        ctx = attrs.evolve(ctx, features=FeatureSet(samples=feature_stats(feats["fake"]), real=real))
+    values, info = _finalize_metrics(chosen, states, unavailable, ctx)
     record = {
         "format": EVAL_FORMAT, "run": str(run_dir), "task": task.name, "models": names,
         "data": {"root": str(ds.root), "format": ds.index.format, "split": "val", "n": total, "available": len(ds),
                  "toy_world": toy, "resolution": resolution, "resize": cfg.data.resize},
         "settings": {**attrs.asdict(settings), "device": str(dev), "dtype": str(compute).replace("torch.", ""),
                      "compile": compile},
-        "metrics": {k: _finite(v) for k, v in metrics.items()},
+        "metrics": {k: _finite(v) for k, v in values.items()},
         "metric_info": info,
+        "metric_plugins": [m.name for m in chosen],
         "reference": {"cache": str(_cache_path(ref_key)) if inception is not None else None,
                       "cached": real_cached is not None},
         "seconds": round(seconds, 3), "notes": notes, "grid_stems": grid_stems,
         "files": ["metrics.json", "report.html", *written],
     }
     return Evaluation(record=record, rows=rows)
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def select_metrics(task_name: str, names=None) -> list:
+    """The registered metrics to run on a run of ``task_name``, in registration order: those ``names``
+    (``piti eval --metric``), else every one that applies to the task. A name that is not registered or
+    is for other tasks is a UsageError listing the valid ones."""
+    from piti_core.plugins import get_plugin_manager
+
+    registry = get_plugin_manager().metrics
+    applicable = [m for m in registry.values() if m.applies_to(task_name)]
+    if not names:
+        return applicable
+    valid = ", ".join(m.name for m in applicable) or "none"
+    for name in names:
+        if name not in registry:
+            raise UsageError(f"unknown metric '{name}' (--metric); valid metrics for task '{task_name}': {valid}")
+        if not registry[name].applies_to(task_name):
+            raise UsageError(f"metric '{name}' (--metric) is for task(s) {', '.join(registry[name].tasks)}, not "
+                             f"'{task_name}'; valid metrics for task '{task_name}': {valid}")
+    return [m for m in applicable if m.name in set(names)]
+
+
+def run_task_name(run_dir) -> str:
+    """The task ``run.json`` of ``run_dir`` names ("" when none)."""
+    from piti_core.runs import read_run_meta
+
+    name = read_run_meta(run_dir).get("task")
+    return name if isinstance(name, str) else ""
+
+
+def _start_metrics(chosen: list, ctx: EvalContext, have_features: bool, no_features: str, notes: list):
+    """``(states, unavailable)``: each runnable metric's state from ``start``; metrics whose needs cannot be
+    met map to the reason. A metric that sits out (MetricSkipped) is in neither; its message joins ``notes``."""
+    states: dict = {}
+    unavailable: dict[str, str] = {}
+    for metric in chosen:
+        if "features" in metric.needs and not have_features:
+            unavailable[metric.name] = no_features
+            continue
+        try:
+            states[metric.name] = _call(metric, "start", ctx)
+        except MetricSkipped as skipped:
+            if str(skipped):
+                notes.append(str(skipped))
+    return states, unavailable
+
+
+def _finalize_metrics(chosen: list, states: dict, unavailable: dict, ctx: EvalContext) -> tuple[dict, dict]:
+    """``(metrics, metric_info)`` of the record: every value with its label, direction and note."""
+    values: dict[str, Any] = {}
+    info: dict[str, dict] = {}
+    for metric in chosen:
+        if metric.name in unavailable:
+            result = metric.unavailable(unavailable[metric.name])
+        elif metric.name in states:
+            result = _call(metric, "finalize", states[metric.name], ctx)
+        else:
+            continue
+        for name, value in _as_values(metric, result).items():
+            values[name] = value.value
+            better = metric.direction if value.better is None else value.better
+            label = value.label or (metric.label if name == metric.name and metric.label else name)
+            info[name] = {"label": label, "better": better, "note": value.note, **value.info}
+    return values, info
+
+
+def _as_values(metric, result) -> dict[str, MetricValue]:
+    """A metric's result (number, None, MetricValue or a dict of them) as name -> MetricValue."""
+    if not isinstance(result, dict):
+        result = {metric.name: result}
+    out = {}
+    for name, value in result.items():
+        if not isinstance(value, MetricValue):
+            try:
+                value = MetricValue(None if value is None else float(value))
+            except (TypeError, ValueError):
+                raise PluginError(f"metric '{metric.name}' returned {type(value).__name__} for '{name}'; "
+                                  "expected a number, None or a MetricValue") from None
+        out[name] = value
+    return out
+
+
+def _call(metric, method: str, *args):
+    """``metric.<method>(*args)``; an exception other than piti's own or MetricSkipped is a PluginError
+    naming the metric."""
+    try:
+        return getattr(metric, method)(*args)
+    except (PitiError, MetricSkipped):
+        raise
+    except Exception as exc:
+        raise PluginError(f"metric '{metric.name}': {method} raised {type(exc).__name__}: {exc}") from exc
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -197,7 +271,7 @@ def reference_key(ds, n: int, resolution: int, data_cfg) -> dict:
             "files": h.hexdigest()}
 
 
-def _stats(chunks: list):
+def feature_stats(chunks: list):
     """FeatureStats (features kept, for KID) of feature chunks, in one update: one D × D scatter product."""
     from piti_core.eval.fid import FeatureStats
 
@@ -259,7 +333,7 @@ def _enough_images(net, notes: list[str], n: int):
     return net, notes
 
 
-def _oracle(dev):
+def load_oracle(dev):
     """The toy-world oracle, or (None, note) when its module or weights are not installed."""
     try:
         from piti_core.eval.oracle import shared_oracle
@@ -277,7 +351,8 @@ def _is_toy_world(ds, cfg) -> bool:
             or str((meta.extra or {}).get("generator", "")).startswith("piti toyworld"))
 
 
-def _fid_kid(real, fake, prefix: str, info: dict, note: str) -> dict:
+def fid_kid(real, fake, prefix: str, note: str) -> dict[str, MetricValue]:
+    """``{prefix}fid``, ``{prefix}kid`` and ``{prefix}kid_std`` of two FeatureStats (features kept)."""
     from piti_core.eval.fid import fid_from_stats, frechet_distance_features, kernel_inception_distance
 
     n = min(real.count, fake.count)
@@ -288,12 +363,13 @@ def _fid_kid(real, fake, prefix: str, info: dict, note: str) -> dict:
     subset = min(KID_SUBSET, n)
     kid, kid_std = kernel_inception_distance(real.features, fake.features, subset_size=subset)
     label = "oracle " if prefix else ""
-    info[f"{prefix}fid"] = {"label": f"{label}FID", "better": "lower", "note": note}
-    info[f"{prefix}kid"] = {"label": f"{label}KID", "better": "lower", "note": f"subsets of {subset}"}
     one = subset == real.count == fake.count  # then every subset is the whole sets: one value, no spread
-    info[f"{prefix}kid_std"] = {"label": f"{label}KID std", "better": "",
-                                "note": "one subset (all images): no spread" if one else "over 100 subsets"}
-    return {f"{prefix}fid": fid, f"{prefix}kid": kid, f"{prefix}kid_std": kid_std}
+    return {
+        f"{prefix}fid": MetricValue(fid, better="lower", label=f"{label}FID", note=note),
+        f"{prefix}kid": MetricValue(kid, better="lower", label=f"{label}KID", note=f"subsets of {subset}"),
+        f"{prefix}kid_std": MetricValue(kid_std, better="", label=f"{label}KID std",
+                                        note="one subset (all images): no spread" if one else "over 100 subsets"),
+    }
 
 
 def _collate(items: list[dict], dev) -> dict:
@@ -302,11 +378,6 @@ def _collate(items: list[dict], dev) -> dict:
         vals = [it[key] for it in items]
         out[key] = torch.stack(vals).to(dev) if isinstance(vals[0], torch.Tensor) else vals
     return out
-
-
-def _accumulate(sums: dict, values: dict, count: int) -> None:
-    for k, v in values.items():
-        sums[k] = sums.get(k, 0.0) + float(v) * count
 
 
 def _finite(v):

@@ -120,7 +120,7 @@ def build_stage(stage: Stage, cfg, *, task, run_dir: Path, prior: dict | None, d
     def build():
         text = stage.model.startswith("text_")
         channels = None if text else task.condition_spec(cfg).channels
-        model = build_model(stage.model, cfg, channels)
+        model = build_model(stage.model, cfg, channels, task=None if text else task)  # the task's encoder
         kind = "upsampler" if stage.model.endswith("upsampler") else "base"
         if prior is not None and kind in prior:
             model.decoder.load_state_dict(prior[kind], strict=True)

@@ -212,8 +212,9 @@ class _Estimator:
     """Builds each model once on fake tensors and counts activations per (model, split, batch)."""
 
     def __init__(self, cfg, cond_channels: Optional[int], device_type: str, dtype: torch.dtype, baseline: int,
-                 previews: bool = True):
+                 previews: bool = True, task=None):
         self.cfg, self.cond_channels, self.device_type, self.dtype = cfg, cond_channels, device_type, dtype
+        self.task = task  # builds the encoder of the task models, as training does
         self.baseline, self.previews = baseline, previews
         self.mode = fake_mode()
         self.models: dict[str, torch.nn.Module] = {}
@@ -223,8 +224,9 @@ class _Estimator:
         if name not in self.models:
             from piti_core.models.build import build_model
 
-            self.models[name] = build_fake(lambda: build_model(name, self.cfg, self.cond_channels), self.mode,
-                                           self.device_type)
+            task = None if name.startswith("text_") else self.task
+            self.models[name] = build_fake(lambda: build_model(name, self.cfg, self.cond_channels, task=task),
+                                           self.mode, self.device_type)
         return self.models[name]
 
     def count(self, stage, batch_size: int) -> ActivationCount:
@@ -323,13 +325,15 @@ class _Estimator:
 
 
 def estimate(cfg, stages, *, cond_channels: Optional[int], device: str = "cpu", dtype: Optional[str] = None,
-             baseline: Optional[int] = None, available: Optional[int] = None, previews: bool = True) -> Preflight:
+             baseline: Optional[int] = None, available: Optional[int] = None, previews: bool = True,
+             task=None) -> Preflight:
     """Estimate the peak memory of each of ``stages`` (``piti_core.train.recipe.Stage``) of ``cfg``.
 
     ``dtype``: auto|fp32|bf16|fp16 (default ``cfg.train.dtype``); ``baseline``: resident bytes before
     the model (default: this process's now, on CPU; 0 on CUDA); ``available``: the device memory in
     bytes (default :func:`device_memory`); ``previews``: the run writes preview grids (``--no-preview``:
-    False). Suggestions are made when the estimate does not fit.
+    False); ``task``: the Task whose encoder the task models get (default: the installed task
+    ``cfg.task`` names, else the PITI task encoder). Suggestions are made when the estimate does not fit.
     """
     from piti_core.precision import resolve_dtype
 
@@ -344,7 +348,7 @@ def estimate(cfg, stages, *, cond_channels: Optional[int], device: str = "cpu", 
     kind = "given"
     if available is None:
         available, kind = device_memory(dev)
-    est = _Estimator(cfg, cond_channels, dev.type, tdtype, baseline, previews)
+    est = _Estimator(cfg, cond_channels, dev.type, tdtype, baseline, previews, task=_task(task, cfg))
     batch, accum = cfg.train.batch_size, cfg.train.grad_accum
     rows = tuple(est.stage(s, batch) for s in stages)
     result = Preflight(device=str(dev), dtype=str(tdtype).replace("torch.", ""), batch_size=batch, grad_accum=accum,
@@ -352,6 +356,15 @@ def estimate(cfg, stages, *, cond_channels: Optional[int], device: str = "cpu", 
     if result.verdict in ("fits", "unknown"):
         return result
     return attrs.evolve(result, suggestions=tuple(_suggest(est, stages, rows, HEADROOM * available, batch, accum)))
+
+
+def _task(task, cfg):
+    """``task``, or the installed task ``cfg.task`` names (None when neither: the PITI task encoder)."""
+    if task is not None or not cfg.task:
+        return task
+    from piti_core.plugins import get_plugin_manager
+
+    return get_plugin_manager().tasks.get(cfg.task)
 
 
 # ------------------------------------------------------------------------------------------ advice
