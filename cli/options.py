@@ -16,7 +16,8 @@ def config_options(func=None, *, default_preset: str | None = None):
     commands default to ``tiny`` so they run on a laptop CPU; pass --preset glide for the real sizes).
 
     With ``--print-config`` the resolved config is printed as JSON on stdout and the command stops.
-    Task sections (``[sketch]``, ``--set fewshot.shots=5``) come from the registered task plugins.
+    Task sections (``[tasks.sketch]``, ``--set tasks.sketch.threshold=0.3``; today's ``[sketch]`` and
+    ``--set sketch.threshold=0.3`` are still read) come from the registered task plugins.
     """
 
     if func is None:

@@ -144,3 +144,145 @@ def test_cli_convert(tmp_path, checkpoints):
     assert read_run_meta(tmp_path / "g")["cond_channels"] == 1  # from the sketch task
     none = runner.invoke(cli, ["convert", "--task", "mask", "--out", str(tmp_path / "n")])
     assert none.exit_code == 2 and "--base" in none.output
+
+
+# ------------------------------------------------------------------------ the plugins a run records
+LOWRES_PLUGIN = '''
+import attrs
+from piti_core.hookspecs import hookimpl
+from piti_core.tasks import ConditionSpec, Task
+
+
+@attrs.frozen
+class LowresOptions:
+    factor: int = 4
+
+
+class LowresTask(Task):
+    name = "lowres"
+    description = "low-resolution photo to photo"
+    sources = ("image",)
+    config_class = LowresOptions
+
+    def condition_spec(self, cfg):
+        return ConditionSpec(channels=3, value_range=(-1.0, 1.0))
+
+
+@hookimpl
+def register_tasks(register):
+    register(LowresTask())
+
+
+@hookimpl
+def register_samplers(register):
+    register("euler-x", lambda model_fn, x, schedule, **kw: x)
+'''
+
+
+def _lowres_run(tmp_path, fake_entry_points, dist="piti-task-lowres", version="1.2.0", **record):
+    """A run of the plugin task 'lowres' (sampler 'euler-x' of the same plugin) saved while the plugin is
+    installed; the plugin is gone again on return."""
+    from piti_core.plugins import get_plugin_manager, reset_plugin_manager
+    from piti_core.testing import make_plugin_module
+
+    module = make_plugin_module("piti_test_lowres_plugin", LOWRES_PLUGIN)
+    fake_entry_points.add("lowres", module, dist=dist, version=version)
+    host = get_plugin_manager()
+    cfg = resolve_config(preset="tiny", overrides=["task=lowres", "lowres.factor=2", "sample.sampler=euler-x"],
+                         extra_sections=host.task_sections())
+    run = save_run(tmp_path / "run", cfg, {}, task="lowres", cond_channels=3, source="test")
+    fake_entry_points.added.clear()
+    reset_plugin_manager()
+    return run
+
+
+def test_run_json_records_the_plugins_of_its_task_and_samplers(tmp_path, fake_entry_points):
+    run = _lowres_run(tmp_path, fake_entry_points)
+    plugins = read_run_meta(run)["plugins"]
+    entry = {"plugin": "lowres", "distribution": "piti-task-lowres", "version": "1.2.0",
+             "module": "piti_test_lowres_plugin"}
+    assert plugins["task"] == {"name": "lowres", **entry}
+    assert plugins["sampler"] == {"name": "euler-x", **entry}
+    assert "upsampler_sampler" not in plugins  # dpmpp-sde: the built-in samplers plugin was not loaded
+
+
+def test_built_in_tasks_and_samplers_record_distribution_piti(tmp_path, clean_plugin_env):
+    from tests.helpers import random_run
+
+    from piti_core import __version__
+
+    run, _, _ = random_run(tmp_path / "run", "sketch", upsampler=False)
+    plugins = read_run_meta(run)["plugins"]
+    assert plugins["task"] == {"name": "sketch", "plugin": "sketch", "distribution": "piti", "version": __version__,
+                               "module": "piti_plugins.sketch"}
+    assert plugins["sampler"]["plugin"] == "samplers" and plugins["sampler"]["distribution"] == "piti"
+
+
+def test_a_run_whose_task_is_not_installed_names_what_to_install(tmp_path, fake_entry_points):
+    run = _lowres_run(tmp_path, fake_entry_points)
+    expected = (f"task 'lowres' of {run} comes from piti-task-lowres 1.2.0, which is not installed: "
+                "pip install piti-task-lowres==1.2.0")
+    with pytest.raises(CheckpointError) as info:
+        load_run(run)
+    assert str(info.value) == expected and info.value.exit_code == 1
+
+
+def test_sample_and_eval_of_a_run_whose_task_is_not_installed(tmp_path, fake_entry_points):
+    from tests.hostile.harness import assert_clean_failure, invoke, snapshot
+
+    run = _lowres_run(tmp_path, fake_entry_points)
+    cond = tmp_path / "cond.png"
+    cond.write_bytes(b"")
+    before = snapshot(run, cond)
+    for args in (["sample", "--run", run, "--input", cond, "--out", tmp_path / "out"],
+                 ["eval", "--run", run, "--out", tmp_path / "eval", "--no-fid", "--n", "2"]):
+        assert_clean_failure(invoke(*args), 1, mentions=["task 'lowres'", "pip install piti-task-lowres==1.2.0"],
+                             watched=before, watched_paths=[run, cond])
+
+
+def test_a_run_written_before_plugins_were_recorded_still_names_its_task(tmp_path, fake_entry_points):
+    run = _lowres_run(tmp_path, fake_entry_points)
+    meta = json.loads((run / "run.json").read_text())
+    del meta["plugins"]
+    (run / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"task 'lowres' of {run} is not installed and the run does not "
+                                              "record which plugin provides it"):
+        load_run(run)
+
+
+def test_a_blocked_or_changed_plugin_is_named(tmp_path, fake_entry_points, monkeypatch):
+    from piti_core.plugins import reset_plugin_manager
+    from piti_core.testing import make_plugin_module
+
+    run = _lowres_run(tmp_path, fake_entry_points)
+    fake_entry_points.add("lowres", make_plugin_module("piti_test_lowres_again", LOWRES_PLUGIN),
+                          dist="piti-task-lowres", version="1.2.0")
+    monkeypatch.setenv("PITI_DISABLE_PLUGINS", "lowres")
+    reset_plugin_manager()
+    with pytest.raises(CheckpointError, match="whose plugin 'lowres' did not load here .blocked by PITI_DISABLE"):
+        load_run(run)
+    monkeypatch.delenv("PITI_DISABLE_PLUGINS")
+    fake_entry_points.added.clear()
+    fake_entry_points.add("lowres", make_plugin_module("piti_test_lowres_v2", "x = 1"), dist="piti-task-lowres",
+                          version="2.0.0")
+    reset_plugin_manager()
+    with pytest.raises(CheckpointError, match="the installed piti-task-lowres 2.0.0 does not provide it: "
+                                              "pip install piti-task-lowres==1.2.0"):
+        load_run(run)
+
+
+def test_a_run_of_a_dash_p_module_says_to_load_it(tmp_path, fake_entry_points):
+    run = _lowres_run(tmp_path, fake_entry_points, dist=None)
+    with pytest.raises(CheckpointError, match="comes from the plugin module 'piti_test_lowres_plugin', which is not "
+                                              "loaded: add `-p piti_test_lowres_plugin`"):
+        load_run(run)
+
+
+def test_a_missing_plugin_sampler_names_what_to_install(tmp_path, fake_entry_points):
+    from piti_core.runs import run_sampler
+
+    run = _lowres_run(tmp_path, fake_entry_points)
+    cfg = resolve_config(preset="tiny", overrides=["sample.sampler=euler-x"])
+    with pytest.raises(CheckpointError, match="sampler 'euler-x' .sample.sampler. of .* pip install "
+                                              "piti-task-lowres==1.2.0; or choose another with --sampler"):
+        run_sampler(run, cfg.sample, "sampler")
