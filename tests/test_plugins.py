@@ -221,3 +221,14 @@ def test_host_is_not_created_at_import():
 
     assert isinstance(PluginHost(), PluginHost)
     assert hasattr(p, "get_plugin_manager")
+
+
+@pytest.mark.parametrize("name", ["tasks", "train", "task"])
+def test_task_names_of_the_config_namespace_are_reserved(name, clean_plugin_env):
+    """[tasks.NAME] holds task options and today's top-level [NAME] is still read: a task may not be named
+    like the namespace, a core section or a top-level key."""
+    source = GOOD.replace('name = "good"', f'name = "{name}"').replace('"good-sampler"', '"other-sampler"')
+    host = PluginHost()
+    record = host.add_plugin(_module(f"piti_test_reserved_{name}", source), f"reserved-{name}")
+    assert record.status == "error" and f"task name '{name}' is reserved" in record.message
+    assert name not in host.tasks
