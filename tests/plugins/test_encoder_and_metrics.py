@@ -231,3 +231,29 @@ def test_a_badly_declared_metric_is_a_plugin_failure(piti_host, attrs_, words):
     record = piti_host.add_plugin(Plugin, "badmetric")
     assert record.status == "error" and all(w in record.message for w in words), record.message
     assert "bad" not in piti_host.metrics
+
+
+def test_a_task_declares_its_alignment_directions():
+    from piti_core.metrics import alignment_direction
+    from piti_core.tasks import Task
+
+    class Declares(Task):
+        alignment_directions = {"score_err": "higher"}  # the name alone would say lower
+
+    assert alignment_direction(Declares(), "score_err") == "higher"
+    assert alignment_direction(Declares(), "abs_rel") == "lower" and alignment_direction(Task(), "zzz") == ""
+    assert alignment_direction(conv_plugin.ConvSketchTask(), "chamfer") == "lower"
+
+
+def test_a_failing_legacy_metric_is_reported_not_raised(cfg):
+    from piti_core.metrics import EvalContext, LegacyMetric, MetricBatch, MetricValue
+
+    def broken(samples):  # an old signature piti never called
+        return 1.0
+
+    metric = LegacyMetric("old_mae", broken)
+    ctx = EvalContext(task=None, cfg=cfg, n=2, resolution=8, device="cpu", toy_world=False)
+    state = metric.update(metric.start(ctx), MetricBatch(samples=torch.zeros(2, 3, 8, 8), batch={}), ctx)
+    result = metric.finalize(state, ctx)
+    assert isinstance(result, MetricValue) and result.value is None and "TypeError" in result.note
+    assert metric.direction == "lower"
