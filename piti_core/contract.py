@@ -20,6 +20,8 @@ readers                read_image, read_labels, read_edges, read_depth, read_nor
 transforms             crop_box, resize_field, JointAugment
 derived conditions     canny_edges, normals_from_depth, encode_normals_rgb, register_preprocessor,
                        Preprocessor
+metrics                Metric, MeanMetric, MetricSkipped, MetricValue, MetricBatch, EvalContext,
+                       FeatureSet
 errors                 PitiError, DataError, ConfigError, UsageError, PluginError, CheckpointError
 evaluation helpers     is_toyworld_data, oracle_alignment, TOYWORLD_CLASSES, TOYWORLD_PALETTE,
                        hed_weights_path, edges_from_photo
@@ -63,6 +65,10 @@ _EXPORTS = {
     "canny_edges": "piti_core.data.preprocess", "normals_from_depth": "piti_core.data.preprocess",
     "encode_normals_rgb": "piti_core.data.preprocess", "register_preprocessor": "piti_core.data.cache",
     "Preprocessor": "piti_core.data.cache",
+    # metrics
+    "Metric": "piti_core.metrics", "MeanMetric": "piti_core.metrics", "MetricSkipped": "piti_core.metrics",
+    "MetricValue": "piti_core.metrics", "MetricBatch": "piti_core.metrics", "EvalContext": "piti_core.metrics",
+    "FeatureSet": "piti_core.metrics",
     # errors
     "PitiError": "piti_core.errors", "DataError": "piti_core.errors", "ConfigError": "piti_core.errors",
     "UsageError": "piti_core.errors", "PluginError": "piti_core.errors", "CheckpointError": "piti_core.errors",

@@ -129,8 +129,13 @@ class Task:
         """The :class:`~piti_core.data.fields.Field` objects this task reads: ``fields``, else ``sources``
         (names of built-in or declared fields resolve to those Field objects)."""
         from piti_core.data.fields import resolve_fields
+        from piti_core.errors import PluginError
 
-        return resolve_fields(self.fields or self.sources)
+        try:
+            return resolve_fields(self.fields or self.sources)
+        except ValueError as exc:  # the plugin's declaration, not the user's data
+            raise PluginError(f"task '{self.name}' declares fields piti cannot use: {exc}; declare a task's own "
+                              "field with a Field object (see docs/plugins.md, 'Data fields')") from None
 
     def build_dataset(self, cfg: "PitiConfig", split: str, *, image_sizes=None, train: bool = True, callback=None):
         """The data set of ``split`` with the encoded condition under ``"cond"``.

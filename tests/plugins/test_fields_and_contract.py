@@ -203,6 +203,8 @@ def test_contract_exports_what_a_plugin_needs():
                  "assert_task_contract", "CONTRACT_VERSION", "require_contract"):
         assert getattr(contract, name) is not None, name
     assert set(contract.__all__) >= {"Task", "Field", "CONTRACT_VERSION"}
+    for name in contract.__all__:  # every advertised name resolves
+        assert hasattr(contract, name), name
 
 
 def test_require_contract():
@@ -382,3 +384,30 @@ def test_hostile_field_file_is_one_line_naming_it(tmp_path, feat_plugin, case):
     assert train.exit_code == 1 and "Traceback" not in train.stderr, train.stderr
     assert len(errors) == 1 and name in errors[0], train.stderr  # the data error, after the status lines
     assert snapshot(root) == before
+
+
+def test_a_task_declaring_an_unknown_field_name_is_blamed_in_one_line(tmp_path, fake_entry_points):
+    from piti_core.testing import make_plugin_module
+
+    make_plugin_module("piti_test_badfield", '''
+from piti_core.contract import ConditionSpec, Task, hookimpl
+
+class Keypoints(Task):
+    name = "kp"
+    description = "keypoints"
+    fields = ("keypoints",)  # a name nobody declares
+
+    def condition_spec(self, cfg):
+        return ConditionSpec(channels=1)
+
+@hookimpl
+def register_tasks(register):
+    register(Keypoints())
+''')
+    fake_entry_points.keep_installed = True
+    fake_entry_points.add("kp", "piti_test_badfield")
+    try:
+        res = invoke("data", "check", _feat_dataset(tmp_path / "ds", n=2), "--task", "kp")
+        assert_clean_failure(res, 1, mentions=["task 'kp'", "keypoints", "Field"])
+    finally:
+        sys.modules.pop("piti_test_badfield", None)
