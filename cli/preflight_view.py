@@ -31,7 +31,8 @@ def show_preflight(cfg, *, task, stages, device: str, dtype: str | None, as_json
 
     channels = task.condition_spec(cfg).channels if task is not None else None
     with err_console.status("estimating memory (fake tensors, no allocation)"):
-        result = estimate(cfg, stages, cond_channels=channels, device=device, dtype=dtype, previews=previews)
+        result = estimate(cfg, stages, cond_channels=channels, device=device, dtype=dtype, previews=previews,
+                          task=task)
     if as_json:
         click.echo(json.dumps(result.as_dict(), indent=2))
     elif stages:

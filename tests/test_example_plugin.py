@@ -76,7 +76,7 @@ def test_train_on_the_toy_world_then_sample(piti_home, tmp_path, clean_plugin_en
         assert meta["task"] == TASK and meta["cond_channels"] == 1
         assert meta["stages"] == ["stage1", "stage1-cont", "stage2", "upsampler"]
         assert (run / "base.safetensors").is_file() and (run / "upsampler.safetensors").is_file()
-        assert json.loads((run / "config.json").read_text())[TASK] == {"luma": "bt709"}  # the plugin's section
+        assert json.loads((run / "config.json").read_text())["tasks"][TASK] == {"luma": "bt709"}  # its own section
 
         photo = tmp_path / "photo.png"
         rng = np.random.default_rng(0)

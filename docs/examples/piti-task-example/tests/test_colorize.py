@@ -47,7 +47,7 @@ def test_bad_option_is_a_one_line_config_error():
     with pytest.raises(ConfigError) as info:
         config("colorize.luma=rec2020")
     message = str(info.value)
-    assert "[colorize]" in message and "luma must be one of bt601, bt709, mean" in message and "\n" not in message
+    assert "colorize.luma" in message and "must be one of bt601, bt709, mean" in message and "\n" not in message
 
 
 # ------------------------------------------------------------------------------ encode
