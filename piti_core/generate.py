@@ -18,23 +18,48 @@ import torch
 
 from piti_core.errors import CheckpointError, DataError
 from piti_core.host_memory import keep_freed_memory
+from piti_core.tasks import DEFAULT_INPUT_SUFFIXES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
+IMAGE_SUFFIXES = DEFAULT_INPUT_SUFFIXES  # what a task that names no suffixes of its own reads
 SAMPLE_FORMAT = "piti-sample/1"  # settings.json of `piti sample`
 SETTINGS_JSON = "settings.json"
 
 
-def list_inputs(source: str | Path) -> list[Path]:
-    """A condition file, or every image/.npy file of a folder (sorted)."""
+def list_inputs(source: str | Path, task=None, cfg=None) -> list[Path]:
+    """A condition file, or the files of a folder (sorted) with a suffix ``task`` reads
+    (:meth:`~piti_core.tasks.Task.input_suffixes` with the run's ``cfg``; images and .npy without a task)."""
     path = Path(source)
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        suffixes = input_suffixes(task, cfg) if task is not None else IMAGE_SUFFIXES
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
         if not files:
-            raise DataError(f"{path}: no condition files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            reader = f"the {task.name} task reads" if task is not None else "piti reads"
+            raise DataError(f"{path}: no condition files in this folder ({reader} {', '.join(suffixes)})")
         return files
     raise DataError(f"{path}: no such file or folder")
+
+
+def input_suffixes(task, cfg) -> tuple[str, ...]:
+    """``task.input_suffixes(cfg)`` in lower case with a leading dot; a PluginError naming the task when it
+    is not a non-empty list of suffixes."""
+    from piti_core.errors import PluginError
+    from piti_core.tasks import task_origin
+
+    declared = task.input_suffixes(cfg)
+    if isinstance(declared, str) or not declared or not all(isinstance(s, str) and s.strip(".") for s in declared):
+        raise PluginError(f"{task_origin(task)}: input_suffixes() returned {declared!r}, not a list of file suffixes "
+                          "such as ('.png', '.json'); this is a bug in the plugin: report it to its authors")
+    return tuple(s.lower() if s.startswith(".") else f".{s.lower()}" for s in declared)
+
+
+def run_task(run_dir):
+    """The installed task of a run directory (a CheckpointError naming the run when there is none)."""
+    from piti_core.plugins import get_plugin_manager
+    from piti_core.runs import read_run_meta
+
+    return _run_task(get_plugin_manager(), run_dir, read_run_meta(run_dir))
 
 
 def prepare_for_sampling(model: torch.nn.Module, compute: torch.dtype, device) -> torch.nn.Module:
@@ -125,7 +150,7 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
                                              verb="sample")
     device = torch.device(device)
     cfg = attrs.evolve(run.config, sample=settings)
-    conds = [task.preprocess(p, cfg) for p in inputs]  # bad inputs fail here, before any sampling
+    conds = [preprocess_checked(task, p, cfg) for p in inputs]  # bad inputs fail here, before any sampling
     with folder:
         written = _sample_into(folder.stage, out_dir, run, task, conds, inputs, stems, cfg, device=device,
                                compute=compute, callback=callback)
@@ -134,6 +159,12 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
                   "outputs": written, "files": sorted(p.name for p in folder.stage.iterdir()) + [SETTINGS_JSON]}
         atomic_write_text(folder.stage / SETTINGS_JSON, json.dumps(record, indent=2) + "\n")
     return {"out": str(out_dir), "grid": str(out_dir / "grid.png"), "outputs": written}
+
+
+def preprocess_checked(task, source, cfg) -> torch.Tensor:
+    """``task.preprocess(source, cfg)`` once it matches the task's ConditionSpec
+    (:meth:`~piti_core.tasks.Task.check_preprocessed`: a PluginError otherwise), as float32."""
+    return task.check_preprocessed(task.preprocess(source, cfg), cfg, source).float()
 
 
 def output_names(stem: str) -> dict[str, str]:

@@ -20,7 +20,8 @@ What a task defines:
 * :meth:`encode` — data-set fields of one sample -> condition tensor ``(C, S, S)``;
 * :meth:`preprocess` — a user's condition file -> condition batch ``(1, C, S, S)``;
 * optionally :meth:`alignment` (how well samples follow the condition), :meth:`visualize`,
-  :meth:`null_condition`, :meth:`build_encoder`, :meth:`synthetic_sample`.
+  :meth:`null_condition`, :meth:`build_encoder`, :meth:`synthetic_sample`, :meth:`input_suffixes` (the
+  files ``piti sample --input DIR`` takes), :meth:`input_kind` (the demo's input widget).
 
 The data loaders, the encoder and the null condition come with working defaults, so a new task
 usually writes ``condition_spec``, ``encode`` and ``preprocess`` only. See docs/plugins.md.
@@ -83,7 +84,8 @@ class Task:
     def preprocess(self, source: "str | Path | Any", cfg: "PitiConfig") -> "torch.Tensor":
         """A user's condition file (path or PIL image) -> condition batch ``(1, C, S, S)``.
 
-        Raise :class:`piti_core.errors.DataError` naming the file when it cannot be used.
+        Raise :class:`piti_core.errors.DataError` naming the file when it cannot be used. What it returns
+        is checked against :meth:`condition_spec` (:meth:`check_preprocessed`) before piti samples from it.
         """
         raise NotImplementedError(f"task '{self.name}' must define preprocess()")
 
@@ -211,5 +213,86 @@ class Task:
             raise DataError(f"{where}: task '{self.name}' conditions must lie in [{lo}, {hi}], the data set gives "
                             f"[{float(cond.min()):.3g}, {float(cond.max()):.3g}]")
 
+    # ------------------------------------------------------------------ condition files
+    def input_suffixes(self, cfg: "PitiConfig") -> tuple[str, ...]:
+        """The file suffixes (with the dot) that :meth:`preprocess` reads: ``piti sample --input DIR`` takes
+        the folder's files with one of them. Default: images and ``.npy`` (:data:`DEFAULT_INPUT_SUFFIXES`);
+        a task reading its own format (``.json`` keypoints ...) names it here."""
+        return DEFAULT_INPUT_SUFFIXES
+
+    def input_kind(self, cfg: "PitiConfig") -> str:
+        """The input widget the demo offers (:data:`INPUT_KINDS`): ``"sketch"`` (draw dark strokes on white),
+        ``"labels"`` (paint the colours of the spec's ``palette``), ``"image"`` (draw on a white canvas) or
+        ``"upload"`` (a condition file only). Default: ``"labels"`` when the spec has a palette, else
+        ``"sketch"`` for one channel, else ``"image"``."""
+        spec = self.condition_spec(cfg)
+        return "labels" if spec.palette else "sketch" if spec.channels == 1 else "image"
+
+    def check_preprocessed(self, cond: Any, cfg: "PitiConfig", source: Any) -> "torch.Tensor":
+        """``cond``, what :meth:`preprocess` returned for the user's file ``source``, once it is a float
+        tensor ``(1, C, S, S)`` (``S = cfg.encoder.cond_size``) of finite values in the spec's value range;
+        otherwise a :class:`~piti_core.errors.PluginError` that names the task and its plugin's distribution:
+        the plugin broke its own :meth:`condition_spec`, not the user's file. ``piti sample`` and the demo
+        check every condition with it before sampling."""
+        from piti_core.errors import PluginError
+
+        spec = self.condition_spec(cfg)
+        s = cfg.encoder.cond_size
+        problem = condition_mismatch(cond, spec, (1, spec.channels, s, s))
+        if problem is None:
+            return cond
+        got, want = problem
+        raise PluginError(f"{task_origin(self)}: preprocess() returned {got} for {_source_name(source)}, but its "
+                          f"ConditionSpec says {want}; this is a bug in the plugin: report it to its authors")
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} '{self.name}'>"
+
+
+# the input widgets the demo knows (Task.input_kind)
+INPUT_KINDS = ("sketch", "labels", "image", "upload")
+# the files `piti sample --input DIR` takes for a task that names none of its own (Task.input_suffixes)
+DEFAULT_INPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
+VALUE_TOLERANCE = 1e-4  # how far outside its value range a condition value may lie (float rounding)
+
+
+def condition_mismatch(cond: Any, spec: ConditionSpec, shape: tuple[int, ...]) -> tuple[str, str] | None:
+    """``(what cond is, what the spec wants)`` for the first way ``cond`` misses a float tensor of ``shape``
+    with finite values in ``spec.value_range``; None when it matches."""
+    import torch
+
+    lo, hi = spec.value_range
+    if not isinstance(cond, torch.Tensor):
+        kind = type(cond)
+        return f"an object of type {kind.__module__}.{kind.__qualname__}", f"a torch tensor of shape {shape}"
+    if tuple(cond.shape) != tuple(shape):
+        return f"shape {tuple(cond.shape)}", f"{tuple(shape)}"
+    if not cond.is_floating_point():
+        return f"dtype {cond.dtype}", f"a float tensor ({spec.dtype})"
+    finite = torch.isfinite(cond)
+    if not bool(finite.all()):
+        return f"{int((~finite).sum())} NaN/inf value(s)", f"finite values in [{lo}, {hi}]"
+    low, high = float(cond.min()), float(cond.max())
+    if low < lo - VALUE_TOLERANCE or high > hi + VALUE_TOLERANCE:
+        return f"values in [{low:.3g}, {high:.3g}]", f"[{lo}, {hi}]"
+    return None
+
+
+def task_origin(task: Task) -> str:
+    """``task 'NAME' (distribution version)``: the task and the plugin that registered it with the plugin
+    host, for messages that blame the plugin (just ``task 'NAME'`` for a task the host does not hold)."""
+    from piti_core.plugins import get_plugin_manager
+
+    host = get_plugin_manager()
+    record = host.record_of("tasks", task.name) if host.tasks.get(task.name) is task else None
+    if record is None:
+        return f"task '{task.name}'"
+    origin = " ".join(str(p) for p in (record.distribution, record.version) if p) if record.distribution else None
+    return f"task '{task.name}' ({origin or f'module {record.module}'})"
+
+
+def _source_name(source: Any) -> str:
+    """A condition source for a message: its path, ``an in-memory image``, or the files of a tuple."""
+    if isinstance(source, (tuple, list)):
+        return " + ".join(_source_name(s) for s in source)
+    return str(source) if isinstance(source, (str, Path)) else "an in-memory image"

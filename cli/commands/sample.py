@@ -35,11 +35,11 @@ def command(run_dir, source, out, overwrite, seed, batch_size, device, dtype, us
     import torch
 
     from piti_cli.ui import err_console
-    from piti_core.generate import list_inputs, sample_files
+    from piti_core.generate import list_inputs, run_task, sample_files
     from piti_core.runs import load_run_config
 
-    inputs = list_inputs(source)
     cfg = load_run_config(run_dir)
+    inputs = list_inputs(source, run_task(run_dir), cfg)  # a folder: the files the run's task reads
     settings = attrs.evolve(cfg.sample, **sample_changes(sampling, seed=seed, batch_size=batch_size))
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out) if out else Path(run_dir) / "samples-out"

@@ -53,6 +53,7 @@ class DemoApp:
         import torch
 
         from piti_core.config import load_config
+        from piti_core.generate import input_suffixes
         from piti_core.plugins import get_plugin_manager
         from piti_core.runs import read_run_meta
 
@@ -62,6 +63,8 @@ class DemoApp:
         self.task = host.task(meta.get("task") or "")
         self.config = load_config(self.run_dir / "config.json", host.task_sections())
         self.spec = self.task.condition_spec(self.config)
+        self.kind = input_kind(self.task, self.config, self.spec)
+        self.suffixes = list(input_suffixes(self.task, self.config))
         self.models = [n for n in ("base", "upsampler") if n in meta["models"]]
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.max_upload, self.max_pixels = max_upload, max_pixels
@@ -79,7 +82,7 @@ class DemoApp:
     def info(self) -> dict:
         s = self.config.sample
         return {"run": str(self.run_dir), "task": self.task.name, "description": self.task.description,
-                "kind": "labels" if self.spec.palette else "sketch" if self.spec.channels == 1 else "image",
+                "kind": self.kind, "suffixes": self.suffixes,
                 "palette": [list(c) for c in self.spec.palette or ()],
                 "class_names": list(self.spec.class_names or ()), "models": self.models,
                 "samplers": _sampler_names(), "guidances": list(GUIDANCES), "max_upload": self.max_upload,
@@ -198,6 +201,22 @@ class DemoApp:
         return sample_files(self.run_dir, [folder / f"input{job.payload['suffix']}"], folder / "out", settings,
                             device=self.device, callback=lambda e: progress(
                                 {"stage": e["stage"], "step": e["i"] + 1, "total": e["total"]}))
+
+
+def input_kind(task, cfg, spec) -> str:
+    """The widget ``task`` asks for (:meth:`~piti_core.tasks.Task.input_kind`); a PluginError naming the task
+    when the demo has no such widget, or when ``"labels"`` comes without a palette to paint with."""
+    from piti_core.errors import PluginError
+    from piti_core.tasks import INPUT_KINDS, task_origin
+
+    kind = task.input_kind(cfg)
+    if kind not in INPUT_KINDS:
+        raise PluginError(f"{task_origin(task)}: input_kind() returned {kind!r}; the demo knows "
+                          f"{', '.join(INPUT_KINDS)}; this is a bug in the plugin: report it to its authors")
+    if kind == "labels" and not spec.palette:
+        raise PluginError(f"{task_origin(task)}: input_kind() is 'labels' but its ConditionSpec has no palette to "
+                          "paint with; this is a bug in the plugin: report it to its authors")
+    return kind
 
 
 def _guidance_scale(value) -> float:

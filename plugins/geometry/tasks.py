@@ -101,6 +101,12 @@ class DepthTask(Task):
     def encode(self, sample, cfg):
         return encode_depth(sample["depth"], sample.get("depth_valid"))
 
+    def input_suffixes(self, cfg):
+        return DEPTH.suffixes  # 16-bit PNG, float .npy, float TIFF
+
+    def input_kind(self, cfg):
+        return "upload"  # a drawing holds no depth
+
     def preprocess(self, source, cfg):
         return self.encode({"depth": _load_depth(source, cfg)}, cfg).unsqueeze(0)
 
@@ -122,6 +128,12 @@ class NormalTask(Task):
 
     def encode(self, sample, cfg):
         return encode_normals(sample["normals"])
+
+    def input_suffixes(self, cfg):
+        return NORMALS.suffixes  # RGB PNG, float .npy
+
+    def input_kind(self, cfg):
+        return "upload"
 
     def preprocess(self, source, cfg):
         return self.encode({"normals": _load_normals(source, cfg)}, cfg).unsqueeze(0)
@@ -147,6 +159,12 @@ class DepthNormalTask(Task):
 
         depth = encode_depth(sample["depth"], sample.get("depth_valid"))
         return torch.cat([encode_normals(sample["normals"]), depth.expand(3, -1, -1)], dim=0)
+
+    def input_suffixes(self, cfg):
+        return DEPTH.suffixes  # one depth file per condition; its normals are derived from it
+
+    def input_kind(self, cfg):
+        return "upload"
 
     def preprocess(self, source, cfg):
         """A pair (depth file, normal file), or one depth file whose normals are derived from it.

@@ -188,6 +188,13 @@ class MaskTask(Task):
             ignore_index=opts.ignore_index,
         )
 
+    def input_suffixes(self, cfg):
+        """Label maps in a lossless format (a JPEG's blurred edges hold colours of no class)."""
+        return LABELS.suffixes
+
+    def input_kind(self, cfg):
+        return "labels"
+
     def encode(self, sample, cfg):
         import torch
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import attrs
 from attrs import field, frozen
 
-from piti_core.contract import EDGES, ConditionSpec, Task
+from piti_core.contract import EDGES, IMAGE, ConditionSpec, Task
 
 
 @frozen
@@ -49,6 +49,13 @@ class SketchTask(Task):
 
     def condition_spec(self, cfg) -> ConditionSpec:
         return ConditionSpec(channels=1, value_range=(-1.0, 1.0))
+
+    def input_suffixes(self, cfg):
+        """A drawing or a photo: any image file (not .npy)."""
+        return IMAGE.suffixes
+
+    def input_kind(self, cfg):
+        return "sketch"
 
     def encode(self, sample, cfg):
         return edge_distance(sample["edges"], cfg.encoder.cond_size)
