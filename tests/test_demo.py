@@ -95,6 +95,7 @@ def test_page_and_info(server):
     assert code == 200 and ctype.startswith("text/html") and b'id="draw"' in body
     info = json.loads(_call(base + "/api/info")[1])
     assert info["task"] == "sketch" and info["kind"] == "sketch" and info["models"] == ["base", "upsampler"]
+    assert ".png" in info["suffixes"] and ".npy" not in info["suffixes"]  # what the sketch task reads
     assert info["defaults"]["steps"] == app.config.sample.steps
 
 

@@ -68,6 +68,13 @@ def test_bad_input_is_one_line(run_dir, tmp_path):
     assert res.exit_code == 1 and "no such file or folder" in res.output
 
 
+def test_a_folder_gives_only_the_files_the_task_reads(run_dir, sketches, tmp_path):
+    np.save(sketches / "features.npy", np.zeros((8, 8), np.float32))  # no sketch: the task reads images only
+    res = _sample(run_dir, sketches, tmp_path / "out", "--json", "--steps", "2")
+    assert res.exit_code == 0, res.output
+    assert [o["input"].rsplit("/", 1)[-1] for o in json.loads(res.stdout)["outputs"]] == ["s0.png", "s1.png", "s2.png"]
+
+
 def test_upsampler_sampler_option_reaches_the_upsampler_only(run_dir, sketches, tmp_path, monkeypatch):
     from piti_core.diffusion import samplers
 

@@ -3,7 +3,8 @@
 Routes::
 
     GET  /                          the page (piti_core/demo/static/index.html, with this process's token)
-    GET  /api/info                  the run: task, condition kind, palette and class names, default settings
+    GET  /api/info                  the run: task, input widget (kind) and file suffixes, palette and class names,
+                                    default settings
     POST /api/generate?k=v...       body = the condition file (PNG/JPEG/WebP/BMP/TIFF/.npy); -> {"job", "position"}
     GET  /api/jobs/<id>             state (queued/running/done/error), queue position, progress, error, settings
     GET  /api/jobs/<id>/<name>.png  input | condition | base | image (the final, upsampled one)

@@ -215,3 +215,20 @@ def test_an_unknown_widget_is_a_plugin_error(keypoints_run, monkeypatch):
     with pytest.raises(PluginError) as err:
         DemoApp(keypoints_run, device="cpu")
     assert all(w in str(err.value) for w in ("keypoints", "wheel", "sketch, labels, image, upload", DIST))
+
+
+@pytest.mark.parametrize("declared, want", [((".JSON", "npz"), (".json", ".npz")), ("json", None), ((), None),
+                                            ((".png", 3), None)])
+def test_declared_suffixes_are_normalised_or_blamed_on_the_plugin(installed, monkeypatch, declared, want):
+    from piti_core.config import resolve_config
+    from piti_core.generate import input_suffixes
+
+    cfg = resolve_config(preset="tiny", extra_sections=installed.task_sections())
+    task = installed.task("keypoints")
+    monkeypatch.setattr(KeypointsTask, "input_suffixes", lambda self, cfg: declared)
+    if want is not None:
+        assert input_suffixes(task, cfg) == want
+        return
+    with pytest.raises(PluginError) as err:
+        input_suffixes(task, cfg)
+    assert all(w in str(err.value) for w in ("keypoints", DIST, "input_suffixes()", "bug in the plugin"))
