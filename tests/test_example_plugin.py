@@ -167,7 +167,9 @@ def test_trains_its_own_encoder_on_hints_derived_from_the_toy_world(installed_ru
 
 
 def test_samples_with_the_hints_beside_the_photo(installed_run, tmp_path, clean_plugin_env):
-    entry = _sample(installed_run, _photo_with_hints(tmp_path / "in"), tmp_path / "out")
+    folder = _photo_with_hints(tmp_path / "in").parent
+    (folder / "notes.json").write_text("{}")  # not a photo: --input DIR leaves it alone
+    entry = _sample(installed_run, folder, tmp_path / "out")
     assert Image.open(entry["image"]).size == (64, 64)
     condition = np.asarray(Image.open(entry["condition"]).convert("RGB")).reshape(-1, 3).astype(int)
     assert ((condition[:, 0] > 200) & (condition[:, 1] < 60)).any()  # the red hint, drawn by its visualize()

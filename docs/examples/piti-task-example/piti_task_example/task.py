@@ -17,6 +17,7 @@ from piti_core.contract import IMAGE, ConditionSpec, DataError, Task, fit_field,
 
 from .hints import HINTS, hints_file
 
+PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # R, G, B weights of the luminance (each set sums to 1, so a grey pixel keeps its value)
 LUMA_WEIGHTS = {
     "bt601": (0.299, 0.587, 0.114),  # JPEG, PIL's convert("L")
@@ -113,6 +114,14 @@ class ColorizeTask(Task):
                                 f"{photo.shape[-1]}x{photo.shape[-2]}; fix its width and height")
         sample = {"image": fit_field(IMAGE, photo, cfg) * 2 - 1, "hints": fit_field(HINTS, hints, cfg)}
         return self.encode(sample, cfg)[None]
+
+    def input_suffixes(self, cfg):
+        """The photos ``piti sample --input DIR`` takes (their hints files are found by ``preprocess``)."""
+        return PHOTO_SUFFIXES
+
+    def input_kind(self, cfg):
+        """The demo asks for a photo to colourise."""
+        return "upload"
 
     def visualize(self, cond, cfg):
         """The luminance in grey with the hints in their colours."""

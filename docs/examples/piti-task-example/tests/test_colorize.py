@@ -183,6 +183,12 @@ def test_preprocess_hints_of_another_size_is_one_line_naming_them(tmp_path):
     assert hints.is_file()
 
 
+def test_inputs_are_photos_uploaded(piti_config):
+    task = ColorizeTask()
+    assert ".png" in task.input_suffixes(piti_config) and ".json" not in task.input_suffixes(piti_config)
+    assert task.input_kind(piti_config) == "upload"
+
+
 def test_preprocess_bad_file_is_a_data_error_naming_it(tmp_path):
     bad = tmp_path / "photo.png"
     bad.write_bytes(b"not a png")
