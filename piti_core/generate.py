@@ -59,7 +59,7 @@ def run_task(run_dir):
     from piti_core.plugins import get_plugin_manager
     from piti_core.runs import read_run_meta
 
-    return _run_task(get_plugin_manager(), run_dir, read_run_meta(run_dir))
+    return installed_run_task(get_plugin_manager(), run_dir, read_run_meta(run_dir))
 
 
 def prepare_for_sampling(model: torch.nn.Module, compute: torch.dtype, device) -> torch.nn.Module:
@@ -97,7 +97,7 @@ def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False
     if "base" not in names:
         raise CheckpointError(f"{run_dir} has no base model (models: {', '.join(meta['models']) or 'none'}); "
                               f"{verb} a run made by `piti train` or `piti convert`")
-    task = _run_task(host, run_dir, meta)
+    task = installed_run_task(host, run_dir, meta)
     device = torch.device(device)
     compute = resolve_dtype(dtype, device)
     if device.type == "cpu":  # reuse each step's freed memory (no page faults, piti_core.host_memory)
@@ -113,11 +113,14 @@ def load_cascade(run_dir, settings, *, device, dtype: str, compile: bool = False
     return run, task, names, compute
 
 
-def _run_task(host, run_dir, meta: dict):
+def installed_run_task(host, run_dir, meta: dict):
     """The installed task a run was made for, or a CheckpointError naming it and the installed ones."""
     name = meta.get("task")
     if isinstance(name, str) and name in host.tasks:
         return host.task(name)
+    from piti_core.runs import require_run_task
+
+    require_run_task(run_dir, meta, host)  # names the distribution to install when the run recorded it
     valid = ", ".join(sorted(host.tasks)) or "none"
     if not isinstance(name, str) or not name:
         raise CheckpointError(f"{run_dir}/run.json names no task; re-create the run with `piti train` or "

@@ -173,6 +173,11 @@ def assert_task_contract(task, cfg=None, batch_size: int = 2) -> None:
     assert tokens.shape == (batch_size, n, cfg.encoder.width), f"encoder tokens shape {tuple(tokens.shape)}"
     assert pooled.shape == (batch_size, cfg.encoder.width), f"encoder pooled shape {tuple(pooled.shape)}"
     assert torch.isfinite(tokens).all() and torch.isfinite(pooled).all(), "encoder output has NaN/inf"
+    from piti_core.demo.app import input_kind
+    from piti_core.generate import input_suffixes
+
+    input_suffixes(task, cfg)  # the files `piti sample --input DIR` picks: PluginError naming the task if unusable
+    input_kind(task, cfg, spec)  # the demo's input widget: likewise
 
 
 def gaussian_model_fn(mu: float = 0.2, s: float = 0.3, learned: bool = True, v: float = 0.3):

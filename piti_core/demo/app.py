@@ -53,14 +53,14 @@ class DemoApp:
         import torch
 
         from piti_core.config import load_config
-        from piti_core.generate import input_suffixes
+        from piti_core.generate import input_suffixes, installed_run_task
         from piti_core.plugins import get_plugin_manager
         from piti_core.runs import read_run_meta
 
         self.run_dir = Path(run_dir)
         meta = read_run_meta(self.run_dir)
         host = get_plugin_manager()
-        self.task = host.task(meta.get("task") or "")
+        self.task = installed_run_task(host, self.run_dir, meta)
         self.config = load_config(self.run_dir / "config.json", host.task_sections())
         self.spec = self.task.condition_spec(self.config)
         self.kind = input_kind(self.task, self.config, self.spec)

@@ -227,7 +227,7 @@ def test_a_run_whose_task_is_not_installed_names_what_to_install(tmp_path, fake_
     assert str(info.value) == expected and info.value.exit_code == 1
 
 
-def test_sample_and_eval_of_a_run_whose_task_is_not_installed(tmp_path, fake_entry_points):
+def test_sample_eval_and_demo_of_a_run_whose_task_is_not_installed(tmp_path, fake_entry_points):
     from tests.hostile.harness import assert_clean_failure, invoke, snapshot
 
     run = _lowres_run(tmp_path, fake_entry_points)
@@ -235,7 +235,8 @@ def test_sample_and_eval_of_a_run_whose_task_is_not_installed(tmp_path, fake_ent
     cond.write_bytes(b"")
     before = snapshot(run, cond)
     for args in (["sample", "--run", run, "--input", cond, "--out", tmp_path / "out"],
-                 ["eval", "--run", run, "--out", tmp_path / "eval", "--no-fid", "--n", "2"]):
+                 ["eval", "--run", run, "--out", tmp_path / "eval", "--no-fid", "--n", "2"],
+                 ["demo", "--run", run, "--port", "0"]):
         assert_clean_failure(invoke(*args), 1, mentions=["task 'lowres'", "pip install piti-task-lowres==1.2.0"],
                              watched=before, watched_paths=[run, cond])
 

@@ -232,3 +232,18 @@ def test_declared_suffixes_are_normalised_or_blamed_on_the_plugin(installed, mon
     with pytest.raises(PluginError) as err:
         input_suffixes(task, cfg)
     assert all(w in str(err.value) for w in ("keypoints", DIST, "input_suffixes()", "bug in the plugin"))
+
+
+@pytest.mark.parametrize("attr, value", [("input_kind", "hologram"), ("input_suffixes", ())])
+def test_contract_check_catches_a_bad_input_declaration(attr, value):
+    from piti_core.config import resolve_config
+    from piti_core.errors import PluginError
+    from piti_core.testing import assert_task_contract
+    from piti_plugins.sketch.task import SketchTask
+
+    class Odd(SketchTask):
+        name = "odd"
+
+    setattr(Odd, attr, lambda self, cfg: value)
+    with pytest.raises(PluginError, match="odd"):
+        assert_task_contract(Odd(), resolve_config(preset="tiny"))
