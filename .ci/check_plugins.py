@@ -40,7 +40,7 @@ try:
         assert rows[name]["distribution"] == "piti" and rows[name]["status"] == "ok", rows[name]
     ex = rows["example"]
     assert ex["distribution"] == EXAMPLE and ex["status"] == "ok", ex
-    assert ex["provides"] == {"tasks": ["colorize"]}, ex
+    assert ex["provides"] == {"tasks": ["colorize"], "metrics": ["chroma-error"]}, ex
     tasks = json.loads(sh("piti", "tasks", "--json", "--preset", "tiny").stdout)
     assert "colorize" in {t["task"] for t in tasks}
     assert sh("piti", "plugins", "--check", check=False).returncode == 0

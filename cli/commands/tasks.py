@@ -25,7 +25,7 @@ def command(as_json: bool, config) -> None:
             "task": name,
             "plugin": host.owners["tasks"][name],
             "description": task.description,
-            "sources": list(task.sources),
+            "sources": [f.name for f in task.data_fields()],
             "channels": spec.channels,
             "value_range": list(spec.value_range),
             "num_classes": spec.num_classes,

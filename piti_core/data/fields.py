@@ -130,16 +130,19 @@ class Field:
             from piti_core.data.readers import _npy_header
 
             _npy_header(path)  # not an array file: one line, before the reader sees it
+        out = self._plugin_call(path, lambda: self.read(path, meta) if _takes_meta(self.read) else self.read(path))
+        return self.check_arrays(path, out)
+
+    def _plugin_call(self, path: Path, call):
+        """``call()`` of a plugin's reader or probe: any error but DataError/MemoryError becomes one DataError
+        line naming the file and the field."""
         try:
-            out = self.read(path, meta) if _takes_meta(self.read) else self.read(path)
-        except DataError:
+            return call()
+        except (DataError, MemoryError):
             raise
-        except MemoryError:
-            raise
-        except Exception as exc:  # a plugin's reader: its error names the file, in one line
+        except Exception as exc:
             msg = " ".join(str(exc).split()) or type(exc).__name__
             raise _err(path, f"cannot be read as {self.name} ({msg}); fix or replace the file") from None
-        return self.check_arrays(path, out)
 
     def check_arrays(self, path: Path, out: Any) -> dict[str, np.ndarray]:
         """Normalise a reader's result to ``{key: numpy array}`` and check its shape, type and values."""
@@ -168,7 +171,7 @@ class Field:
         path = Path(path)
         meta = meta or DatasetMeta()
         if self.probe is not None:
-            return self.probe(path, meta)
+            return self._plugin_call(path, lambda: self.probe(path, meta))
         if path.suffix.lower() == ".npy":
             from piti_core.data.readers import _check_pixels, _npy_header
 

@@ -411,3 +411,31 @@ def register_tasks(register):
         assert_clean_failure(res, 1, mentions=["task 'kp'", "keypoints", "Field"])
     finally:
         sys.modules.pop("piti_test_badfield", None)
+
+
+def test_a_plugin_probe_that_raises_is_one_data_error_naming_the_file(tmp_path):
+    from piti_core.contract import Field
+    from piti_core.errors import DataError
+
+    def probe(path, meta):
+        raise ValueError("bad header")
+
+    field = Field("feat16", folder="features", suffixes=(".bin",), read=lambda p: None, channels=16, probe=probe)
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match="x.bin.*bad header"):
+        field.probe_size(path)
+
+
+def test_field_contract_accepts_sparse_area_resampled_values():
+    from piti_core.contract import Field
+    from piti_core.testing import assert_field_contract
+
+    def synthetic(size, generator, spec=None):
+        out = torch.zeros(1, size, size)
+        out[0, 3, 5] = 1.0  # one hint point: area averaging keeps it below 1
+        return {"dots": out}
+
+    field = Field("dots", folder="dots", suffixes=(".npy",), read=lambda p: None, channels=1, resample="area",
+                  synthetic=synthetic)
+    assert_field_contract(field)
