@@ -26,7 +26,7 @@ errors                 PitiError, DataError, ConfigError, UsageError, PluginErro
 evaluation helpers     is_toyworld_data, oracle_alignment, TOYWORLD_CLASSES, TOYWORLD_PALETTE,
                        hed_weights_path, edges_from_photo
 testing (pytest)       assert_task_contract, assert_field_contract, assert_sampler_contract,
-                       make_plugin_module, FakeEntryPoint
+                       task_config, make_plugin_module, FakeEntryPoint
 version                CONTRACT_VERSION, require_contract
 =====================  ==============================================================================
 
@@ -79,7 +79,7 @@ _EXPORTS = {
     "hed_weights_path": "piti_core.models.hed", "edges_from_photo": "piti_core.models.hed",
     # testing helpers (import pytest when used)
     "assert_task_contract": "piti_core.testing", "assert_field_contract": "piti_core.testing",
-    "assert_sampler_contract": "piti_core.testing",
+    "assert_sampler_contract": "piti_core.testing", "task_config": "piti_core.testing",
     "make_plugin_module": "piti_core.testing",
     "FakeEntryPoint": "piti_core.testing",
 }

@@ -120,11 +120,21 @@ def plugin_host_factory(clean_plugin_env):
     return make
 
 
+def task_config(task=None, *overrides: str, preset: str = "tiny"):
+    """A resolved config for tests: ``preset`` with ``overrides`` (``"tasks.NAME.key=value"``, ``"train.lr=1e-4"``),
+    knowing ``task``'s own section (a Task instance) besides the installed tasks'."""
+    from piti_core.config import resolve_config
+    from piti_core.plugins import get_plugin_manager
+
+    sections = dict(get_plugin_manager().task_sections())
+    if task is not None:
+        sections[task.name] = getattr(task, "config_class", None)
+    return resolve_config(preset=preset, overrides=list(overrides), extra_sections=sections)
+
+
 @pytest.fixture
 def piti_config():
-    from piti_core.config import resolve_config
-
-    return resolve_config(preset="tiny")
+    return task_config()
 
 
 def assert_task_contract(task, cfg=None, batch_size: int = 2) -> None:

@@ -10,19 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from piti_core.config import resolve_config
 from piti_core.contract import (ConfigError, DataError, EvalContext, MetricBatch, assert_field_contract,
-                                assert_task_contract)
+                                assert_task_contract, task_config)
 from piti_task_example import (HINTS, LUMA_WEIGHTS, ChromaError, ColorizeOptions, ColorizeTask, colourfulness,
                                hints_from_photo, luminance)
 from piti_task_example.encoder import ConvTokenEncoder
 
-SECTIONS = {"colorize": ColorizeOptions}
-
 
 def config(*overrides):
     """The tiny preset with this plugin's section known (``tasks.colorize.KEY=VALUE``), as the CLI resolves it."""
-    return resolve_config(preset="tiny", overrides=list(overrides), extra_sections=SECTIONS)
+    return task_config(ColorizeTask(), *overrides)
 
 
 def photos(n=4, size=64, seed=0):
