@@ -353,6 +353,7 @@ def run_training(config, *, task, stages, prior_dir, default_name: str, next_hin
         from piti_cli.preflight_view import show_preflight
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        cfg = task.run_config(cfg) if task is not None else cfg  # the config the run would train with
         show_preflight(cfg, task=task, stages=stages, device=device, dtype=None, as_json=as_json,
                        previews=not no_preview)
         return

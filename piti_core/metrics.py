@@ -64,6 +64,22 @@ def guess_direction(name: str) -> str:
     return ""
 
 
+def check_alignment_directions(task) -> None:
+    """A PluginError naming the task unless ``Task.alignment_directions`` maps metric names to "higher" or
+    "lower" (a typo would otherwise fall back to the name guess unnoticed)."""
+    declared = getattr(task, "alignment_directions", None)
+    if declared is None:
+        return
+    bad = (not isinstance(declared, Mapping) or
+           next((f"{k!r}: {v!r}" for k, v in declared.items() if not isinstance(k, str) or v not in DIRECTIONS), None))
+    if bad:
+        from piti_core.errors import PluginError
+
+        what = bad if isinstance(bad, str) else f"a {type(declared).__name__}"
+        raise PluginError(f"task '{getattr(task, 'name', '?')}': alignment_directions has {what}; map each metric "
+                          f"name to one of {', '.join(repr(d) for d in DIRECTIONS)}")
+
+
 def alignment_direction(task, name: str) -> str:
     """Which way is better for the alignment value ``name`` of ``task``: what the task declares in
     ``Task.alignment_directions``, else :func:`guess_direction`."""

@@ -91,6 +91,9 @@ class _Staging:
         # equal to a core section (or to the namespace itself) would be ambiguous there
         if name in SECTIONS or name in SCALARS or name == "tasks":
             raise PluginError(f"task name '{name}' is reserved (a core config section); rename the task")
+        from piti_core.metrics import check_alignment_directions
+
+        check_alignment_directions(task)
         self._add("tasks", name, task)
 
     def metric(self, metric, fn: Any = None) -> None:

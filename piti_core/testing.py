@@ -186,6 +186,9 @@ def assert_task_contract(task, cfg=None, batch_size: int = 2) -> None:
     from piti_core.demo.app import input_kind
     from piti_core.generate import input_suffixes
 
+    from piti_core.metrics import check_alignment_directions
+
+    check_alignment_directions(task)
     input_suffixes(task, cfg)  # the files `piti sample --input DIR` picks: PluginError naming the task if unusable
     input_kind(task, cfg, spec)  # the demo's input widget: likewise
 

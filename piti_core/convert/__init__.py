@@ -278,6 +278,8 @@ def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=Non
             models[kind] = load_official(sds.pop(kind), kind, task=task, image_size=sizes[kind],
                                          encoder_task=encoder_task)
         origin = "piti"
+    if encoder_task is not None:  # what the task reads from a data set is recorded, as `piti train` does
+        cfg = encoder_task.run_config(cfg)
     notify({"stage": "write", "model": ",".join(models)})
     extra = {"origin": origin, "inputs": {k: str(Path(p).name) for k, p in paths.items()}}
     return save_run(out, cfg, models, task=task, cond_channels=cond_channels, source="convert", extra=extra)

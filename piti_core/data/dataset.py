@@ -235,3 +235,13 @@ def build_dataset(data_cfg, split: str = "train", *, fields: Iterable["Field | s
     return PairedDataset(index, samples, kinds=(*wanted, *(("image",) if image_cond else ())), derived=derived,
                          image_sizes=sizes, cond_size=cond_size, resize=data_cfg.resize, train=train, flip=data_cfg.flip, transform=transform,
                          skip_bad=data_cfg.skip_bad, skipped=skipped, callback=callback)
+
+
+def require_paired_dataset(task, dataset, purpose: str) -> None:
+    """A PluginError naming the task unless ``dataset`` (what ``task.build_dataset`` returned) is a
+    :class:`PairedDataset`, which ``purpose`` (few-shot training, evaluation) reads beyond ``__getitem__``."""
+    if not isinstance(dataset, PairedDataset):
+        from piti_core.errors import PluginError
+
+        raise PluginError(f"task '{task.name}': {purpose} needs the data set of Task.build_dataset (a PairedDataset); "
+                          f"build_dataset returned a {type(dataset).__name__}")

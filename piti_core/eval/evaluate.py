@@ -29,15 +29,15 @@ from typing import Any, Callable
 import attrs
 import torch
 
+from piti_core.data.dataset import require_paired_dataset
 from piti_core.errors import CheckpointError, PitiError, PluginError, UsageError
-from piti_core.metrics import EvalContext, FeatureSet, MetricBatch, MetricSkipped, MetricValue, guess_direction
+from piti_core.metrics import EvalContext, FeatureSet, MetricBatch, MetricSkipped, MetricValue
 
 EVAL_FORMAT = "piti-eval/1"
 KID_SUBSET = 1000  # torch-fidelity / clean-fid default, lowered to n for small evaluations
 FID_UNBIASED_N = 2048  # below this many images FID is noticeably biased upward
 Callback = Callable[[dict], None]
 
-direction = guess_direction  # "higher" / "lower" is better for a metric name, "" when the name does not tell
 
 
 @attrs.frozen
@@ -80,6 +80,7 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
     sizes = (cfg.model.image_size, cfg.upsampler.image_size) if up else (cfg.model.image_size,)
     gt_key = "image_hr" if up else "image"
     ds = task.build_dataset(cfg, "val", image_sizes=sizes, train=False, callback=callback)
+    require_paired_dataset(task, ds, "evaluation")
     total = len(ds) if n is None else min(n, len(ds))
     notes: list[str] = []
     if n is not None and n > len(ds):

@@ -24,7 +24,7 @@ from pathlib import Path
 import attrs
 from attrs import frozen
 
-from piti_core.errors import ConfigError, DataError, PluginError
+from piti_core.errors import ConfigError, DataError
 from piti_core.train.recipe import Stage
 
 FEWSHOT_JSON = "fewshot.json"
@@ -174,9 +174,9 @@ class FewShot:
     def choose_pairs(self, dataset) -> FewShotPlan:
         """The plan from the task's full training set (raises ConfigError when it is too small); call
         it before the run directory is written to refuse a bad ``fewshot.shots`` early."""
-        if not hasattr(dataset, "samples") or not hasattr(dataset, "augment"):
-            raise PluginError(f"task '{self.task.name}': few-shot training needs the data set of Task.build_dataset "
-                              f"(a PairedDataset); build_dataset returned a {type(dataset).__name__}")
+        from piti_core.data.dataset import require_paired_dataset
+
+        require_paired_dataset(self.task, dataset, "few-shot training")
         self._train[tuple(dataset.image_sizes)] = dataset
         if self.plan is None:
             val = [s.stem for s in self._val_set(tuple(dataset.image_sizes)).samples] \

@@ -247,3 +247,55 @@ def test_contract_check_catches_a_bad_input_declaration(attr, value):
     setattr(Odd, attr, lambda self, cfg: value)
     with pytest.raises(PluginError, match="odd"):
         assert_task_contract(Odd(), resolve_config(preset="tiny"))
+
+
+def test_a_typo_in_alignment_directions_is_refused_at_registration(plugin_host_factory, fake_entry_points):
+    from piti_core.testing import make_plugin_module
+
+    module = make_plugin_module("piti_test_typo_directions", """
+from piti_core.contract import hookimpl
+from piti_plugins.sketch.task import SketchTask
+
+class Typo(SketchTask):
+    name = "typo"
+    alignment_directions = {"edge_f1": "Higher"}
+
+@hookimpl
+def register_tasks(register):
+    register(Typo())
+""")
+    fake_entry_points.add("typo", module)
+    host = plugin_host_factory()
+    assert "typo" not in host.tasks
+    assert "alignment_directions" in host.records["typo"].message and "'Higher'" in host.records["typo"].message
+
+
+def test_eval_blames_a_task_whose_build_dataset_is_not_a_paired_dataset(tmp_path, fake_entry_points):
+    from piti_core.plugins import get_plugin_manager
+    from piti_core.testing import make_plugin_module
+
+    module = make_plugin_module("piti_test_odd_dataset", """
+from piti_core.contract import hookimpl
+from piti_plugins.sketch.task import SketchTask
+
+class OddData(SketchTask):
+    name = "odd-data"
+
+    def build_dataset(self, cfg, split, **kwargs):
+        return [{"cond": None}] * 4
+
+@hookimpl
+def register_tasks(register):
+    register(OddData())
+""")
+    fake_entry_points.keep_installed = True
+    fake_entry_points.add("odd-data", module)
+    get_plugin_manager()
+    run = random_run(tmp_path / "run", "sketch", upsampler=False)[0]
+    meta = json.loads((run / "run.json").read_text())
+    meta["task"] = "odd-data"
+    meta.pop("plugins", None)
+    (run / "run.json").write_text(json.dumps(meta))
+    before = snapshot(run)
+    res = invoke("eval", "--run", run, "--out", tmp_path / "eval", "--no-fid", "--n", "2")
+    assert_clean_failure(res, 1, mentions=["odd-data", "PairedDataset"], watched=before, watched_paths=[run])
