@@ -180,12 +180,15 @@ class PluginHost:
         if module_name in self.records:
             return self.records[module_name]
         record = PluginRecord(name=module_name, module=module_name, source="option")
-        self.records[module_name] = record
         try:
             obj = importlib.import_module(module_name)
         except Exception as exc:  # SyntaxError included: a broken module must not take the CLI down
+            self.records[module_name] = record
             self._fail(record, f"import failed: {type(exc).__name__}: {exc}", exc)
             return record
+        if self.pm.is_registered(obj):  # installed too: already loaded through its entry point
+            return self.records[self.pm.get_name(obj)]
+        self.records[module_name] = record
         self._register(obj, record)
         if record.status == "ok" and not self.pm.get_hookcallers(self.pm.get_plugin(record.name)):
             self.pm.unregister(name=record.name)

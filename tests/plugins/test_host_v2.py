@@ -156,3 +156,11 @@ def test_a_module_that_fails_to_import_is_reported(case, tmp_path, clean_plugin_
     res = invoke("-p", name, "tasks", env={"PITI_STRICT_PLUGINS": "1"})
     assert_clean_failure(res, 1, mentions=[f"plugin '{name}'", "import failed"], watched=before,
                          watched_paths=[tmp_path])
+
+
+def test_dash_p_of_an_installed_plugin_module_is_a_silent_no_op():
+    from tests.hostile.harness import invoke
+
+    res = invoke("-p", "piti_plugins.sketch", "tasks", "--json", "--preset", "tiny")
+    assert res.exit_code == 0 and res.stderr.strip() == "", res.stderr
+    assert "sketch" in {row["task"] for row in json.loads(res.stdout)}
