@@ -51,7 +51,8 @@ class PairedDataset(torch.utils.data.Dataset):
                  derived: Mapping[str, Mapping[str, Path]] | None = None, image_sizes: Sequence[int] = (64,),
                  cond_size: int = 64, resize: str = "keep-aspect", train: bool = False, flip: bool = True,
                  transform: Callable[[dict], dict] | None = None, skip_bad: bool = False,
-                 skipped: Iterable[Problem] = (), callback: Callable[[dict], None] | None = None):
+                 skipped: Iterable[Problem] = (), callback: Callable[[dict], None] | None = None,
+                 cond_sized: Iterable[str] = ()):
         self.index = index
         self.samples = list(samples)
         self.fields = resolve_fields(k for k in kinds if k != "image")
@@ -67,9 +68,9 @@ class PairedDataset(torch.utils.data.Dataset):
         self.skip_bad = skip_bad
         self.skipped: list[Problem] = list(skipped)
         self.callback = callback
-        # derived conditions made at the condition size are scaled up onto the photo: bring them back with
-        # nearest sampling (max-pooling would thicken their lines)
-        self.resample = {k: "nearest" for k in self.derived if k == "edges"}
+        # derived conditions made at the condition size (``cond_sized``) are scaled up onto the photo: bring
+        # them back with nearest sampling (max-pooling would thicken their lines)
+        self.resample = {k: "nearest" for k in cond_sized if k in self.derived}
 
     @property
     def meta(self) -> DatasetMeta:
@@ -214,9 +215,10 @@ def build_dataset(data_cfg, split: str = "train", *, fields: Iterable["Field | s
         for n, p in enumerate(skipped, 1):
             callback({"event": "skip", "problem": str(p), "count": n})
 
-    derived = {}
+    derived, cond_sized = {}, []
     for kind, pre in derivers.items():
         sized = {"short_side": cond_size} if "short_side" in pre.params else {}
+        cond_sized += [kind] if sized else []
         res = cached_preprocessor(index.with_samples(samples), pre, callback, skip_bad=data_cfg.skip_bad, **sized)
         derived[kind] = res.paths
         skipped += res.skipped
@@ -234,7 +236,7 @@ def build_dataset(data_cfg, split: str = "train", *, fields: Iterable["Field | s
                         f"run `piti data check {index.root}`")
     return PairedDataset(index, samples, kinds=(*wanted, *(("image",) if image_cond else ())), derived=derived,
                          image_sizes=sizes, cond_size=cond_size, resize=data_cfg.resize, train=train, flip=data_cfg.flip, transform=transform,
-                         skip_bad=data_cfg.skip_bad, skipped=skipped, callback=callback)
+                         skip_bad=data_cfg.skip_bad, skipped=skipped, callback=callback, cond_sized=cond_sized)
 
 
 def require_paired_dataset(task, dataset, purpose: str) -> None:
