@@ -163,16 +163,85 @@ def _npy(array) -> bytes:
     return buf.getvalue()
 
 
-def test_failing_generation_shows_its_error_and_the_server_goes_on(server):
-    app, base = server
-    code, body, _ = _call(f"{base}/api/generate?{FAST}", _npy(np.zeros((2, 3, 4, 5))))  # no condition for a sketch
+def test_an_upload_of_a_type_the_task_does_not_read_is_refused(server):
+    _, base = server
+    for query, body in (("", _npy(np.zeros((8, 8)))), ("&suffix=.npy", _npy(np.zeros((8, 8)))),
+                        ("&suffix=.json", b'{"points": []}')):
+        code, data, _ = _call(f"{base}/api/generate?{FAST}{query}", body)
+        error = json.loads(data)["error"]
+        assert code == 415 and "sketch" in error and ".png" in error and ".npy" not in error.split("reads")[1], error
+
+
+def test_an_upload_that_is_not_the_type_it_claims_is_refused(server):
+    _, base = server
+    jpeg = io.BytesIO()
+    Image.new("L", (16, 16), 255).save(jpeg, format="JPEG")
+    code, data, _ = _call(f"{base}/api/generate?{FAST}&suffix=.png", jpeg.getvalue())
+    assert code == 415 and "not a PNG" in json.loads(data)["error"] and "JPEG" in json.loads(data)["error"]
+    code, data, _ = _call(f"{base}/api/generate?{FAST}&suffix=.png", b"just text")
+    assert code == 415 and "not a PNG" in json.loads(data)["error"]
+    code, data, _ = _call(f"{base}/api/generate?{FAST}&suffix=.jpeg", jpeg.getvalue())  # .jpeg is .jpg
+    assert code == 202, data
+    assert _wait(base, json.loads(data)["job"])["state"] == "done"
+
+
+@pytest.fixture(scope="module")
+def keypoints_server(tmp_path_factory, piti_home):
+    """A run of tests/plugins/inputs_plugin.py's keypoints task (it reads .json), installed as a plugin."""
+    from piti_core import plugins as plugin_module
+    from piti_core.testing import FakeEntryPoints
+
+    mp = pytest.MonkeyPatch()
+    fake = FakeEntryPoints(keep_installed=True).add("inputstest", "tests.plugins.inputs_plugin",
+                                                    dist="piti-task-inputs", version="1.2.0")
+    mp.setattr(plugin_module, "entry_points_for_group", fake)
+    plugin_module.reset_plugin_manager()
+    run = random_run(tmp_path_factory.mktemp("keypoints") / "run", "keypoints", upsampler=False)[0]
+    app = DemoApp(run, device="cpu")
+    srv = make_server(app, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    _TOKENS[base] = app.token
+    yield app, base
+    srv.shutdown()
+    srv.server_close()
+    app.close()
+    mp.undo()
+    plugin_module.reset_plugin_manager()
+
+
+def test_a_json_upload_runs_for_a_task_that_reads_json(keypoints_server):
+    _, base = keypoints_server
+    points = json.dumps({"points": [[0.2, 0.3], [0.7, 0.5]]}).encode()
+    code, body, _ = _call(f"{base}/api/generate?{FAST}&suffix=.json", points)
+    assert code == 202, body
+    status = _wait(base, json.loads(body)["job"])
+    assert status["state"] == "done", status["error"]
+    assert status["images"]["input"].endswith("/input.json") and "--input input.json" in status["command"]
+    assert _call(base + status["images"]["input"])[1] == points
+
+
+def test_failing_generation_shows_its_error_and_the_server_goes_on(keypoints_server):
+    app, base = keypoints_server
+    code, body, _ = _call(f"{base}/api/generate?{FAST}&suffix=.json", b'{"no points": 1}')  # fails in preprocess
     assert code == 202, body
     status = _wait(base, json.loads(body)["job"])
     assert status["state"] == "error" and status["error"] and "\n" not in status["error"]
-    assert status["error"].startswith("the uploaded file")  # not the server's temp path
+    assert status["error"].startswith("the uploaded file") and "not a keypoints file" in status["error"]
     assert str(app.tmp) not in status["error"] and "piti-demo-" not in status["error"]
-    code, body, _ = _call(f"{base}/api/generate?{FAST}", _png())
+    code, body, _ = _call(f"{base}/api/generate?{FAST}&suffix=.json", b'{"points": [[0.5, 0.5]]}')
     assert _wait(base, json.loads(body)["job"])["state"] == "done"
+
+
+def test_a_json_task_refuses_images_and_text_that_is_not_utf8(keypoints_server):
+    _, base = keypoints_server
+    for query in ("", "&suffix=.png"):
+        code, data, _ = _call(f"{base}/api/generate?{FAST}{query}", _png())
+        assert code == 415 and "keypoints" in json.loads(data)["error"] and ".json" in json.loads(data)["error"]
+    code, data, _ = _call(f"{base}/api/generate?{FAST}&suffix=.json", b'{"points": "\xff\xfe"}')
+    assert code == 400 and "UTF-8" in json.loads(data)["error"]
+    code, data, _ = _call(f"{base}/api/generate?{FAST}", b'{"points": []}')  # no suffix, no known type
+    assert code == 415 and "suffix" in json.loads(data)["error"] and ".json" in json.loads(data)["error"]
 
 
 def test_concurrent_requests_are_queued(server):
@@ -441,5 +510,29 @@ def test_browser_shows_class_names_as_text(mask_server):
         buttons = driver.find_elements(By.CSS_SELECTOR, "#palette button")
         assert [b.text.strip() for b in buttons] == MASK_CLASSES["classes"]  # markup shown as text, not parsed
         assert not driver.find_elements(By.CSS_SELECTOR, "#palette b")
+    finally:
+        driver.quit()
+
+
+def test_browser_uploads_a_json_file_with_its_suffix(keypoints_server, tmp_path):
+    driver = _browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, base = keypoints_server
+    upload = tmp_path / "pose.JSON"
+    upload.write_text(json.dumps({"points": [[0.25, 0.25], [0.75, 0.5]]}))
+    try:
+        driver.get(base + "/")
+        wait = WebDriverWait(driver, 120)
+        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+        assert driver.find_element(By.ID, "upload").get_attribute("accept") == ".json"
+        driver.find_element(By.ID, "upload").send_keys(str(upload))
+        driver.find_element(By.ID, "steps").clear()
+        driver.find_element(By.ID, "steps").send_keys("3")
+        driver.find_element(By.ID, "generate").click()
+        wait.until(lambda d: d.find_element(By.ID, "status").text in ("done", "failed"))
+        assert driver.find_element(By.ID, "error").text == ""
+        assert "--input input.json" in driver.find_element(By.ID, "command").text
     finally:
         driver.quit()

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from piti_core.demo.guard import new_token
 from piti_core.demo.jobs import Job, JobQueue
-from piti_core.demo.uploads import MAX_PIXELS, MAX_UPLOAD, BadRequest, check_upload
+from piti_core.demo.uploads import (MAX_PIXELS, MAX_UPLOAD, BadRequest, check_upload, claimed_suffix,
+                                    listed_suffix)
 from piti_core.errors import ConfigError
 
 GUIDANCES = ("plain", "normalized", "none")
@@ -121,8 +122,20 @@ class DemoApp:
         except ConfigError as exc:
             raise _bad(f"{key}: {exc}") from None
 
-    def submit(self, data: bytes, settings: dict) -> Job:
-        suffix = check_upload(data, self.max_pixels)
+    def parse_suffix(self, query: dict[str, list[str]]) -> str | None:
+        """The upload's suffix from the query's ``suffix`` (removed from ``query``; None when not given), once it is
+        one the task reads; BadRequest(400) for a malformed one, 415 for one the task does not read."""
+        values = query.pop("suffix", None)
+        if not values:
+            return None
+        suffix = claimed_suffix(values[-1])
+        listed_suffix(suffix, tuple(self.suffixes), self.task.name)
+        return suffix
+
+    def submit(self, data: bytes, settings: dict, suffix: str | None = None) -> Job:
+        """Queue a job for the upload ``data``, stored under the task's suffix for it (``suffix``: the one the client
+        named, from :meth:`parse_suffix`; read from the bytes when None); BadRequest when it is not acceptable."""
+        suffix = check_upload(data, self.max_pixels, suffix=suffix, accepted=tuple(self.suffixes), task=self.task.name)
         job = self.queue.submit({"settings": settings, "suffix": suffix})
         folder = self._job_dir(job)
         folder.mkdir(parents=True)

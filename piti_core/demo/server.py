@@ -5,7 +5,8 @@ Routes::
     GET  /                          the page (piti_core/demo/static/index.html, with this process's token)
     GET  /api/info                  the run: task, input widget (kind) and file suffixes, palette and class names,
                                     default settings
-    POST /api/generate?k=v...       body = the condition file (PNG/JPEG/WebP/BMP/TIFF/.npy); -> {"job", "position"}
+    POST /api/generate?k=v...       body = the condition file, suffix=.ext its suffix (one the task reads; without
+                                    it, the type is read from the first bytes); -> {"job", "position"}
     GET  /api/jobs/<id>             state (queued/running/done/error), queue position, progress, error, settings
     GET  /api/jobs/<id>/<name>.png  input | condition | base | image (the final, upsampled one)
 
@@ -134,7 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
                                "script-src 'unsafe-inline'; style-src 'unsafe-inline'"})
         if path == "/api/info":
             return self._json(self.app.info())
-        m = re.fullmatch(r"/api/jobs/(\d{1,9})(?:/([a-z_]+\.[a-z]+))?", path)
+        m = re.fullmatch(r"/api/jobs/(\d{1,9})(?:/([a-z_]+\.[a-z0-9]{1,8}))?", path)
         job = self.app.queue.get(m.group(1)) if m else None
         if job is None:
             raise BadRequest(HTTPStatus.NOT_FOUND, f"not found: {_printable(path, 80)}")
@@ -162,10 +163,12 @@ class _Handler(BaseHTTPRequestHandler):
                                  f"{self.app.max_upload / 1e6:.1f} MB")
             if length == 0:
                 raise _bad("empty upload: send a condition file as the request body")
-            settings = self.app.parse_settings(parse_qs(url.query))
+            query = parse_qs(url.query)
+            suffix = self.app.parse_suffix(query)
+            settings = self.app.parse_settings(query)
             body_read = True
             data = self._read_body(length)
-            job = self.app.submit(data, settings)
+            job = self.app.submit(data, settings, suffix)
             self._json({"job": job.id, "position": self.app.queue.position(job)}, 202)
         except BadRequest as exc:
             if not body_read:

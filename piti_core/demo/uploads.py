@@ -1,4 +1,8 @@
-"""What the demo accepts as a condition file: a known type (from its first bytes) of at most ``MAX_PIXELS``.
+"""What the demo accepts as a condition file: one of the task's suffixes, its bytes matching that suffix.
+
+The client names the file's suffix (``?suffix=.json``; without it the type is read from the first
+bytes). Images and ``.npy`` arrays must be what their suffix says, of at most ``MAX_PIXELS``; text
+formats (``.json`` ...) must be UTF-8; other suffixes are left to the task's ``preprocess``.
 
 The size limit on the request counts bytes; a few hundred kilobytes of PNG can hold 10000×10000
 pixels, which take gigabytes once decoded. So the pixel count is read from the file's header
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from http import HTTPStatus
 
@@ -18,6 +23,9 @@ MAX_PIXELS = 4096 * 4096
 _MAGIC = ((b"\x89PNG\r\n\x1a\n", ".png"), (b"\xff\xd8\xff", ".jpg"), (b"BM", ".bmp"), (b"II*\x00", ".tif"),
           (b"MM\x00*", ".tif"), (b"\x93NUMPY", ".npy"))
 _KIND = {".png": "PNG", ".jpg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".webp": "WebP", ".npy": ".npy"}
+_ALIASES = {".jpeg": ".jpg", ".tiff": ".tif"}
+_SUFFIX = re.compile(r"\.[a-z0-9]{1,8}", re.ASCII)
+TEXT_SUFFIXES = frozenset({".json", ".txt", ".csv", ".tsv", ".yaml", ".yml", ".toml", ".xml", ".svg"})
 
 
 class BadRequest(Exception):
@@ -39,14 +47,77 @@ def upload_suffix(data: bytes) -> str:
                      "unsupported file type: upload a PNG, JPEG, WebP, BMP or TIFF image, or a .npy array")
 
 
-def check_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> str:
-    """The upload's suffix, once its type, header and pixel count are acceptable; BadRequest otherwise."""
-    suffix = upload_suffix(data)
+def claimed_suffix(value: str) -> str:
+    """The suffix a client names for its upload (``.png``, ``.json``), in lower case; BadRequest(400) unless it is
+    a dot and 1 to 8 letters or digits (it only ever names the stored file's suffix, never a path)."""
+    suffix = value.strip().lower()
+    if not _SUFFIX.fullmatch(suffix):
+        shown = value[:20].encode("unicode_escape").decode("ascii")
+        raise BadRequest(HTTPStatus.BAD_REQUEST, f"bad suffix {shown!r}: send the file's suffix, a dot and 1 to 8 "
+                                                 "letters or digits, such as suffix=.png")
+    return suffix
+
+
+def check_upload(data: bytes, max_pixels: int = MAX_PIXELS, *, suffix: str | None = None,
+                 accepted: tuple[str, ...] | None = None, task: str = "this") -> str:
+    """The suffix to store the upload under, once it is one of ``accepted`` (the task's suffixes; any when None)
+    and the bytes are acceptable for it; BadRequest otherwise. ``suffix``: what the client claims (from
+    :func:`claimed_suffix`); without it the type is read from the bytes."""
+    if suffix is None:
+        suffix = _sniffed(data, accepted, task)
+        _check_content(data, suffix, max_pixels)
+        return listed_suffix(suffix, accepted, task)
+    stored = listed_suffix(suffix, accepted, task)
+    kind = _ALIASES.get(suffix, suffix)
+    if kind in _KIND:
+        found = _type_of(data)
+        if found != kind:
+            what = f"a {_KIND[found]} file" if found else "of no type the demo knows"
+            raise BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"the uploaded {suffix} file is not a {_KIND[kind]}: "
+                                                                f"its first bytes are {what}; upload a real {suffix} file")
+    _check_content(data, kind, max_pixels)
+    return stored
+
+
+def _type_of(data: bytes) -> str | None:
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return next((suffix for magic, suffix in _MAGIC if data.startswith(magic)), None)
+
+
+def _sniffed(data: bytes, accepted, task: str) -> str:
+    """The type of an upload sent without its suffix, from its first bytes; BadRequest(415) when unknown."""
+    found = _type_of(data)
+    if found is not None:
+        return found
+    if accepted and any(_ALIASES.get(s, s) not in _KIND for s in accepted):
+        raise BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"unknown file type: send the file's suffix "
+                                                            f"(?suffix=...); the {task} task reads {', '.join(accepted)}")
+    return upload_suffix(data)  # raises the usual 415
+
+
+def listed_suffix(suffix: str, accepted, task: str) -> str:
+    """The entry of ``accepted`` that is ``suffix`` (.jpeg and .jpg are one); BadRequest(415) when there is none."""
+    if accepted is None:
+        return suffix
+    for entry in accepted:
+        if _ALIASES.get(entry, entry) == _ALIASES.get(suffix, suffix):
+            return entry
+    raise BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"the {task} task does not read {suffix} files: "
+                                                        f"it reads {', '.join(accepted)}")
+
+
+def _check_content(data: bytes, suffix: str, max_pixels: int) -> None:
     if suffix == ".npy":
         _check_npy(data, max_pixels)
-    else:
+    elif suffix in _KIND:
         _check_image(data, suffix, max_pixels)
-    return suffix
+    elif suffix in TEXT_SUFFIXES:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f"the uploaded {suffix} file is not UTF-8 text (byte "
+                                                     f"{exc.start}): save it as UTF-8 and upload that") from None
 
 
 def _too_large(what: str, pixels: int, max_pixels: int) -> BadRequest:
