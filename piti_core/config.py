@@ -420,19 +420,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _read_text(path: Path, what: str, fix: str) -> str:
+    """The UTF-8 text of ``path``; a ConfigError starting with ``what`` (and ending with ``fix`` for text
+    that is not UTF-8) when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} is not UTF-8 text ({exc.reason} at byte {exc.start}); {fix}") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} cannot be read: {exc.strerror or exc}") from None
+
+
 def load_toml(path: str | Path) -> dict:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder; give a TOML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                          "save it as UTF-8") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    text = _read_text(path, f"config file {path}", "save it as UTF-8")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -609,13 +614,7 @@ def load_config(path: str | Path, extra_sections: Mapping[str, type] | None = No
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; a run directory holds config.json")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                          "it is not a config piti wrote") from None
-    except OSError as exc:
-        raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    text = _read_text(path, str(path), "it is not a config piti wrote")
     try:
         return config_from_json(text, extra_sections)
     except ConfigError as exc:
