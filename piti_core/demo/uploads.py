@@ -73,8 +73,9 @@ def check_upload(data: bytes, max_pixels: int = MAX_PIXELS, *, suffix: str | Non
         found = _type_of(data)
         if found != kind:
             what = f"a {_KIND[found]} file" if found else "of no type the demo knows"
-            raise BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"the uploaded {suffix} file is not a {_KIND[kind]}: "
-                                                                f"its first bytes are {what}; upload a real {suffix} file")
+            raise BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                             f"the uploaded {suffix} file is not a {_KIND[kind]}: its first bytes are {what}; "
+                             f"upload a real {suffix} file")
     _check_content(data, kind, max_pixels)
     return stored
 
@@ -91,8 +92,9 @@ def _sniffed(data: bytes, accepted, task: str) -> str:
     if found is not None:
         return found
     if accepted and any(_ALIASES.get(s, s) not in _KIND for s in accepted):
-        raise BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"unknown file type: send the file's suffix "
-                                                            f"(?suffix=...); the {task} task reads {', '.join(accepted)}")
+        raise BadRequest(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                         f"unknown file type: send the file's suffix (?suffix=...); the {task} task reads "
+                         f"{', '.join(accepted)}")
     return upload_suffix(data)  # raises the usual 415
 
 
