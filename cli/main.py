@@ -31,6 +31,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "train": "train",
     "sample": "sample",
     "eval": "eval",
+    "fid": "fid",
     "convert": "convert",
     "bench": "bench",
     "demo": "demo",

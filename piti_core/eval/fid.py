@@ -13,6 +13,8 @@
 - :meth:`FeatureStats.save` / :meth:`FeatureStats.load`: one safetensors file (``mu``, ``sigma``,
   optionally ``features``) whose header metadata holds JSON (format, network, count, user fields);
   :func:`cached_stats` keeps reference statistics in ``$PITI_HOME/cache/fid_stats/``.
+- :func:`save_npz` / :func:`load_npz`: pytorch-fid's statistics format (``mu``, ``sigma`` in an
+  ``.npz``), read with ``allow_pickle=False``.
 """
 
 from __future__ import annotations
@@ -152,6 +154,49 @@ class FeatureStats:
         if "features" in arrays:
             stats._chunks = [arrays["features"].astype(np.float32)]
         return stats
+
+
+def save_npz(path: str | Path, mu, sigma) -> Path:
+    """Write ``mu`` (D,) and ``sigma`` (D, D) as pytorch-fid's ``.npz`` (float64), atomically."""
+    from piti_core.io import atomic_write
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a path
+            np.savez(f, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
+
+    path = Path(path)
+    atomic_write(path, write)
+    return path
+
+
+def load_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, sigma)`` of a pytorch-fid ``.npz`` statistics file; a DataError names what is wrong.
+
+    Object arrays (pickles) are refused; ``mu`` must be (D,), ``sigma`` (D, D), both finite numbers.
+    """
+    import zipfile
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise DataError(f"{path} is a single .npy array, not an .npz with keys mu and sigma")
+            missing = [k for k in ("mu", "sigma") if k not in f.files]
+            if missing:
+                raise DataError(f"{path} has no key {missing[0]!r} (keys: {', '.join(f.files) or 'none'}); "
+                                "an FID statistics .npz holds mu and sigma")
+            mu, sigma = f["mu"], f["sigma"]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read FID statistics {path}: {detail} (expected an .npz with arrays mu and sigma, "
+                        "no pickles)") from None
+    if mu.dtype.kind not in "fiu" or sigma.dtype.kind not in "fiu":
+        raise DataError(f"{path}: mu and sigma must be numeric arrays; got {mu.dtype} and {sigma.dtype}")
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0],) * 2:
+        raise DataError(f"{path}: sigma must be (D, D) for mu of shape (D,); got mu {mu.shape}, sigma {sigma.shape}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise DataError(f"{path}: mu or sigma contains NaN or inf; recompute the statistics")
+    return mu.astype(np.float64), sigma.astype(np.float64)
 
 
 def stats_cache_path(key: Mapping[str, Any]) -> Path:
