@@ -150,3 +150,26 @@ def test_feature_stats_runs_a_model_with_progress():
                           callback=events.append)
     assert stats.count == 6 and stats.features.shape == (6, 5)
     assert [e["done"] for e in events] == [2, 4, 6] and events[0]["event"] == "fid_features"
+
+
+def test_npz_stats_round_trip_as_pytorch_fid_reads_them(tmp_path):
+    from piti_core.eval.fid import load_npz, save_npz
+
+    rng = np.random.default_rng(0)
+    mu, sigma = rng.normal(size=5), np.cov(rng.normal(size=(20, 5)), rowvar=False)
+    path = save_npz(tmp_path / "s.npz", mu, sigma)
+    with np.load(path, allow_pickle=False) as f:  # what pytorch-fid does with a stats file
+        assert sorted(f.files) == ["mu", "sigma"] and np.array_equal(f["mu"], mu) and np.array_equal(f["sigma"], sigma)
+    got_mu, got_sigma = load_npz(path)
+    assert np.array_equal(got_mu, mu) and np.array_equal(got_sigma, sigma)
+
+
+def test_npz_stats_refuse_pickles_and_wrong_keys(tmp_path):
+    from piti_core.eval.fid import load_npz
+
+    np.savez(tmp_path / "obj.npz", mu=np.array([{"a": 1}], dtype=object), sigma=np.eye(1))
+    with pytest.raises(DataError, match="obj.npz"):
+        load_npz(tmp_path / "obj.npz")
+    np.savez(tmp_path / "keys.npz", m=np.zeros(2), s=np.eye(2))
+    with pytest.raises(DataError, match="no key 'mu'"):
+        load_npz(tmp_path / "keys.npz")
