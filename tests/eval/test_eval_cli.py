@@ -105,6 +105,7 @@ def test_refuses_existing_out_without_overwrite(run_dir, tmp_path):
 
 def test_fid_skipped_cleanly_without_weights(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(inception, "fid_helper_weights_path", lambda: None)
+    monkeypatch.setenv("PITI_OFFLINE", "1")  # never the real download, even where a network exists
     out = tmp_path / "eval"
     res = _eval(run_dir, out, "--n", "2")
     assert res.exit_code == 0, res.output
