@@ -146,10 +146,22 @@ def _sampler_name(ctx, param, value):
     return value
 
 
+def recipe_option(help: str):
+    """``--recipe NAME``: a named set of sampling settings (``piti_core.config.SAMPLE_RECIPES``)."""
+    from piti_core.config import SAMPLE_RECIPES
+
+    return click.option("--recipe", type=click.Choice(sorted(SAMPLE_RECIPES)), default=None, help=help)
+
+
 def sampling_options(func):
-    """--sampler, --steps, --upsampler-sampler, --upsampler-steps, --upsampler-start, --guidance, --guidance-scale:
-    changes to the run's ``sample`` section (None = keep the run's value); see :func:`sample_changes`."""
+    """--recipe, --fast, --sampler, --steps, --upsampler-sampler, --upsampler-steps, --upsampler-start, --guidance,
+    --guidance-scale: changes to the run's ``sample`` section (None = keep the run's value); see
+    :func:`sample_changes`."""
     options = [
+        recipe_option("Sampling recipe: official (DDPM 250 + fast27 from pure noise) or fast (piti's few-step "
+                      "defaults); sets the samplers, steps and upsampler start, which the options below "
+                      "override (default: the run's sample section)."),
+        click.option("--fast", is_flag=True, help="The same as --recipe fast."),
         click.option("--sampler", default=None, callback=_sampler_name, metavar="NAME",
                      help="Base sampler: ddpm, ddim, dpmpp, dpmpp-sde or a plugin's (`piti plugins`; "
                           "default: the run's sample.sampler)."),
@@ -176,6 +188,19 @@ def sampling_options(func):
 
 
 def sample_changes(kwargs: dict, **more) -> dict:
-    """The non-None sampling options (and ``more``) as keyword changes for ``attrs.evolve(cfg.sample, ...)``."""
+    """The non-None sampling options (and ``more``) as keyword changes for ``attrs.evolve(cfg.sample, ...)``,
+    over the values of the chosen recipe (``--recipe`` / ``--fast``; explicit options win)."""
     values = {k: kwargs[k] for k in SAMPLE_KEYS} | more
-    return {k: v for k, v in values.items() if v is not None}
+    explicit = {k: v for k, v in values.items() if v is not None}
+    return _recipe_values(kwargs.get("recipe"), kwargs.get("fast", False)) | explicit
+
+
+def _recipe_values(recipe: str | None, fast: bool) -> dict:
+    """The settings of ``--recipe`` / ``--fast`` (none when neither is given)."""
+    from piti_core.config import SAMPLE_RECIPES
+    from piti_core.errors import UsageError
+
+    if fast and recipe not in (None, "fast"):
+        raise UsageError(f"--fast and --recipe {recipe} ask for different recipes; give one of them")
+    name = "fast" if fast else recipe
+    return dict(SAMPLE_RECIPES[name]) if name else {}

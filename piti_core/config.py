@@ -150,6 +150,17 @@ class SampleConfig:
     seed: int = 0
 
 
+# Named sampling recipes (``--recipe NAME`` of sample/eval, ``--fast`` = fast): the samplers, their respacing
+# and where the upsampler starts. "fast" is SampleConfig's defaults; "official" is the released code's
+# (image_sample.py: DDPM "250" for the base, DDPM "fast27" for the upsampler from pure noise).
+SAMPLE_RECIPES: dict[str, dict[str, Any]] = {
+    "fast": {k: getattr(SampleConfig(), k) for k in ("sampler", "steps", "upsampler_sampler", "upsampler_steps",
+                                                     "upsampler_start")},
+    "official": {"sampler": "ddpm", "steps": "250", "upsampler_sampler": "ddpm", "upsampler_steps": "fast27",
+                 "upsampler_start": 1.0},
+}
+
+
 @frozen
 class DataConfig:
     root: str = ""  # empty: the built-in toy world

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from piti_cli.options import config_options, seed_option, task_option
+from piti_cli.options import config_options, recipe_option, seed_option, task_option
 
 
 @click.command("convert")
@@ -22,21 +22,25 @@ from piti_cli.options import config_options, seed_option, task_option
               help="Condition channels (default: the task's). With official PITI files they are read from "
                    "the weights and checked against this.")
 @seed_option(0, help="Seed of the new task encoder (--glide).")
+@recipe_option("Sampling recipe stored in the run (default: official for official PITI files, fast with "
+               "--glide); sample.* values a config or --set gives are kept.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print run.json on stdout instead of the path.")
 @config_options
-def command(base, upsampler, task, out, glide, cond_channels, seed, overwrite, as_json, config) -> None:
+def command(base, upsampler, task, out, glide, cond_channels, seed, recipe, overwrite, as_json, config) -> None:
     """Convert released checkpoints into a run directory (config.json, run.json, *.safetensors).
 
     \b
     Official PITI weights (sizes and condition channels read from the tensors):
       piti convert --base base_mask.pt --upsampler upsample_mask.pt --task mask \\
-          --set mask.encoding=rgb --set mask.palette=coco --out runs/piti-mask
+          --set mask.encoding=rgb --set mask.palette=coco --set mask.num_classes=182 \\
+          --out runs/piti-mask
     GLIDE weights as the starting point of finetuning (the task encoder starts random):
       piti convert --glide --base base.pt --upsampler upsample.pt --task sketch --out runs/glide-sketch
 
     The model sizes come from the weights; --preset/--config/--set give everything else (task
-    options, training and sampling settings) and are saved in the run's config.json.
+    options, training and sampling settings) and are saved in the run's config.json. Official PITI
+    runs sample with the official recipe (DDPM 250 + fast27) unless --recipe fast; see docs/official.md.
     """
 
     from piti_cli.ui import status
@@ -54,7 +58,8 @@ def command(base, upsampler, task, out, glide, cond_channels, seed, overwrite, a
         status(f"convert: {info['stage']} {info['model']}")
 
     run_dir = convert_checkpoints(out, base=base, upsampler=upsampler, task=task, config=config, glide=glide,
-                                  cond_channels=expected, seed=seed, overwrite=overwrite, callback=callback)
+                                  cond_channels=expected, seed=seed, overwrite=overwrite, recipe=recipe,
+                                  callback=callback)
     if as_json:
         click.echo((run_dir / "run.json").read_text(encoding="utf-8").rstrip())
     else:

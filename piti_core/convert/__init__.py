@@ -27,7 +27,7 @@ from piti_core.errors import CheckpointError
 __all__ = [
     "convert_checkpoints", "convert_state_dict", "convert_tensor", "deinterleave", "glide_to_piti_keys",
     "infer_encoder_config", "infer_unet_config", "load_glide", "load_official", "official_config",
-    "read_checkpoint",
+    "read_checkpoint", "with_recipe",
 ]
 
 KINDS = ("base", "upsampler")
@@ -224,9 +224,29 @@ def load_glide(state_dict: Mapping[str, Any], kind: str, cond_channels: int, con
     return model
 
 
+# The released code's guidance (sample.sh --sample_c 1.3, plain CFG at every step) and upsampler noise.
+OFFICIAL_GUIDANCE = {"guidance": "plain", "guidance_scale": 1.3, "guidance_interval": (0.0, 1.0),
+                     "upsampler_temperature": 0.997}
+
+
+def with_recipe(sample, recipe: str):
+    """``sample`` (a SampleConfig) with the named recipe of ``SAMPLE_RECIPES`` ("official" also brings
+    the official guidance) in every value still at piti's default: a value a config set is kept."""
+    import attrs
+
+    from piti_core.config import SAMPLE_RECIPES, SampleConfig
+    from piti_core.errors import UsageError
+
+    if recipe not in SAMPLE_RECIPES:
+        raise UsageError(f"unknown sampling recipe '{recipe}'; use one of: {', '.join(SAMPLE_RECIPES)}")
+    values = dict(SAMPLE_RECIPES[recipe]) | (OFFICIAL_GUIDANCE if recipe == "official" else {})
+    default = SampleConfig()
+    return attrs.evolve(sample, **{k: v for k, v in values.items() if getattr(sample, k) == getattr(default, k)})
+
+
 def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=None, glide: bool = False,
                         cond_channels: Optional[int] = None, seed: int = 0, overwrite: bool = False,
-                        callback: Optional[Callable[[dict], None]] = None) -> Path:
+                        recipe: Optional[str] = None, callback: Optional[Callable[[dict], None]] = None) -> Path:
     """Convert official PITI (or, with ``glide``, GLIDE) ``.pt`` files into the run directory ``out``.
 
     ``config`` (default: the ``glide`` preset) gives every value the weights do not fix (dropout,
@@ -234,8 +254,12 @@ def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=Non
     ``cond_channels``: with ``glide`` the channels of the new task encoder (required); otherwise, when
     given, the channels the checkpoints must take (a mismatch means the wrong task). ``callback``
     receives ``{"stage": "read"|"convert"|"write", "model": name}`` dicts ("read" once a file is read and
-    checked, so a bad file fails before any status).
+    checked, so a bad file fails before any status). ``recipe`` names the sampling recipe stored in the
+    run (:func:`with_recipe`); default: "official" for official PITI files, piti's own ("fast") with
+    ``glide``, whose runs are finetuned first.
     """
+    import attrs
+
     from piti_core.io import OutputFolder
     from piti_core.runs import CONFIG_JSON, RUN_JSON, run_files, save_run
 
@@ -243,6 +267,8 @@ def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=Non
         raise CheckpointError("nothing to convert: give a base and/or an upsampler checkpoint")
     if glide and not cond_channels:
         raise CheckpointError("converting GLIDE checkpoints needs the task's condition channels (cond_channels)")
+    if recipe is not None:
+        with_recipe(config.sample if config is not None else _default_sample(), recipe)  # a wrong name fails first
     out = Path(out)
     paths = {k: p for k, p in (("base", base), ("upsampler", upsampler)) if p is not None}
     # --overwrite replaces an earlier run's own files only, never a user's file of the same name
@@ -270,7 +296,8 @@ def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=Non
             raise CheckpointError(
                 f"{names} take {found}-channel conditions but task '{task}' gives {cond_channels} with this "
                 "config; pick the task the checkpoints were trained for (*_edge.pt: sketch) and its matching "
-                "options (official mask checkpoints: --set mask.encoding=rgb --set mask.palette=coco)")
+                "options (official mask checkpoints: --set mask.encoding=rgb --set mask.palette=coco --set "
+                "mask.num_classes=182)")
         cond_channels = found
         for kind in list(sds):
             notify({"stage": "convert", "model": kind})
@@ -278,11 +305,24 @@ def convert_checkpoints(out, *, base=None, upsampler=None, task: str, config=Non
             models[kind] = load_official(sds.pop(kind), kind, task=task, image_size=sizes[kind],
                                          encoder_task=encoder_task)
         origin = "piti"
+    cfg = attrs.evolve(cfg, sample=with_recipe(cfg.sample, recipe or origin_recipe(origin)))
     if encoder_task is not None:  # what the task reads from a data set is recorded, as `piti train` does
         cfg = encoder_task.run_config(cfg)
     notify({"stage": "write", "model": ",".join(models)})
     extra = {"origin": origin, "inputs": {k: str(Path(p).name) for k, p in paths.items()}}
     return save_run(out, cfg, models, task=task, cond_channels=cond_channels, source="convert", extra=extra)
+
+
+def _default_sample():
+    from piti_core.config import SampleConfig
+
+    return SampleConfig()
+
+
+def origin_recipe(origin: str) -> str:
+    """The sampling recipe a converted run gets by default: official PITI weights ("piti") sample with
+    the official recipe until piti's few-step one is validated on them; GLIDE conversions keep piti's."""
+    return "official" if origin == "piti" else "fast"
 
 
 def _installed_task(name: str):
