@@ -170,11 +170,41 @@ def test_glide_conversions_keep_piti_s_defaults_and_recipe_fast_is_stored(workdi
     assert (sample["steps"], sample["sampler"]) == ("100", "ddpm")  # what the user set stays
 
 
-def test_fast_and_recipe_official_together_is_one_usage_line(workdir, ran):
+HOSTILE = {  # one hostile input each: the command's arguments after --run RUN, and words its one line names
+    "sample --fast --recipe official": (["sample", "--input", "sketch.png", "--out", "out/both", "--fast", "--recipe",
+                                         "official"], ["--fast", "--recipe"]),
+    "eval --fast --recipe official": (["eval", "--no-fid", "--n", "2", "--out", "out/eval", "--fast", "--recipe",
+                                       "official"], ["--fast", "--recipe"]),
+    "sample --recipe slow": (["sample", "--input", "sketch.png", "--out", "out/slow", "--recipe", "slow"],
+                             ["--recipe", "slow"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_contradictory_or_unknown_recipe_is_one_usage_line(workdir, ran, case):
+    args, mentions = HOSTILE[case]
     run = workdir / "runs" / "piti-sketch"
     before = snapshot(run, workdir / "sketch.png")
-    result = invoke("sample", "--run", run, "--input", workdir / "sketch.png", "--out", workdir / "out" / "both",
-                    "--fast", "--recipe", "official")
-    assert_clean_failure(result, 2, mentions=["--fast", "--recipe"], watched=before,
-                         watched_paths=[run, workdir / "sketch.png"])
-    assert not (workdir / "out" / "both").exists()
+    out = workdir / args[args.index("--out") + 1]
+    args = [workdir / a if a == "sketch.png" else a for a in args]
+    args[args.index("--out") + 1] = out
+    result = invoke(args[0], "--run", run, *args[1:])
+    assert_clean_failure(result, 2, mentions=mentions, watched=before, watched_paths=[run, workdir / "sketch.png"])
+    assert not out.exists()
+
+
+def test_convert_refuses_an_unknown_recipe(workdir, tmp_path):
+    before = snapshot(workdir / "base_edge.pt")
+    result = invoke("convert", "--base", workdir / "base_edge.pt", "--task", "sketch", "--recipe", "slow",
+                    "--out", tmp_path / "r")
+    assert_clean_failure(result, 2, mentions=["--recipe", "slow"], watched=before,
+                         watched_paths=[workdir / "base_edge.pt"])
+    assert not (tmp_path / "r").exists()
+
+
+def test_convert_checkpoints_names_an_unknown_recipe_before_reading(tmp_path):
+    from piti_core.convert import convert_checkpoints
+    from piti_core.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown sampling recipe 'slow'; use one of: fast, official"):
+        convert_checkpoints(tmp_path / "r", base=tmp_path / "missing.pt", task="sketch", recipe="slow")
