@@ -91,11 +91,10 @@ def _check_magic(path: Path) -> None:
 
 def _load_failure(exc: Exception) -> str:
     """What a failed ``torch.load(weights_only=True)`` means, in words for the user (one line)."""
-    import pickle
     import re
 
     text = str(exc)
-    if "weights only load failed" in text.lower() or isinstance(exc, pickle.UnpicklingError):
+    if "weights only load failed" in text.lower() or type(exc).__name__ == "UnpicklingError":
         found = re.search(r"GLOBAL ([\w.]+)", text)
         what = f" ({found.group(1)})" if found else ""
         return (f"contains objects other than tensors{what}, which piti does not load (it never runs pickled "

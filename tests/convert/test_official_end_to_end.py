@@ -152,7 +152,7 @@ def test_recipe_table():
 def test_glide_conversions_keep_piti_s_defaults_and_recipe_fast_is_stored(workdir, tmp_path):
     from piti_core.config import SAMPLE_RECIPES
 
-    glide = {k[len("decoder."):]: v for k, v in torch.load(workdir / "base_edge.pt").items() if k.startswith("decoder.")}
+    glide = {k[len("decoder."):]: v for k, v in torch.load(workdir / "base_edge.pt", weights_only=True).items() if k.startswith("decoder.")}
     torch.save(glide, tmp_path / "base.pt")
     result = invoke("convert", "--glide", "--base", tmp_path / "base.pt", "--task", "sketch", "--out", tmp_path / "g")
     assert result.exit_code == 0, result.stderr
