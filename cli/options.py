@@ -153,11 +153,33 @@ def recipe_option(help: str):
     return click.option("--recipe", type=click.Choice(sorted(SAMPLE_RECIPES)), default=None, help=help)
 
 
+def _sample_overrides(ctx, param, value):
+    """``--set sample.KEY=VALUE`` items as (key, value) pairs; any other section is a usage error."""
+    from piti_core.config import parse_override
+    from piti_core.errors import ConfigError
+
+    pairs = []
+    for text in value:
+        try:
+            parts, parsed = parse_override(text)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param=param) from None
+        if len(parts) != 2 or parts[0] != "sample":
+            raise click.BadParameter(f"{text!r}: only sample.* keys can be changed when sampling a run "
+                                     "(e.g. --set sample.steps=10)", param=param)
+        pairs.append((parts[1], parsed))
+    return tuple(pairs)
+
+
 def sampling_options(func):
-    """--recipe, --fast, --sampler, --steps, --upsampler-sampler, --upsampler-steps, --upsampler-start, --guidance,
-    --guidance-scale: changes to the run's ``sample`` section (None = keep the run's value); see
-    :func:`sample_changes`."""
+    """--set sample.KEY=VALUE, --recipe, --fast, --sampler, --steps, --upsampler-sampler, --upsampler-steps,
+    --upsampler-start, --guidance, --guidance-scale: changes to the run's ``sample`` section (None = keep the
+    run's value); see :func:`sample_settings`."""
     options = [
+        click.option("--set", "sample_overrides", multiple=True, metavar="sample.KEY=VALUE",
+                     callback=_sample_overrides,
+                     help="Change one value of the run's sample section for this call, e.g. --set sample.steps=10 "
+                          "(repeatable); the options below win over it."),
         recipe_option("Sampling recipe: official (DDPM 250 + fast27 from pure noise) or fast (piti's few-step "
                       "defaults); sets the samplers, steps and upsampler start, which the options below "
                       "override (default: the run's sample section)."),
@@ -166,11 +188,13 @@ def sampling_options(func):
                      help="Base sampler: ddpm, ddim, dpmpp, dpmpp-sde or a plugin's (`piti plugins`; "
                           "default: the run's sample.sampler)."),
         click.option("--steps", default=None,
-                     help="Base respacing: 250, 50, ddim25, ... (default: the run's sample.steps)."),
+                     help="Base respacing: 250, 50, ddim25, ... (that many steps; default: the run's sample.steps)."),
         click.option("--upsampler-sampler", default=None, callback=_sampler_name, metavar="NAME",
                      help="Upsampler sampler, as --sampler (default: the run's sample.upsampler_sampler)."),
         click.option("--upsampler-steps", default=None,
-                     help="Upsampler respacing: 12, fast27, ... (default: the run's sample.upsampler_steps)."),
+                     help="Upsampler respacing of the full T: 12, fast27, ...; from --upsampler-start below 1 only "
+                          "its steps below start·T run (12 from 0.4 runs 5; settings.json's steps_run says how "
+                          "many) (default: the run's sample.upsampler_steps)."),
         click.option("--upsampler-start", type=click.FloatRange(0, 1, min_open=True), default=None,
                      help="Start the upsampler at this fraction of T from its noised low-res input "
                           "(1 = pure noise, official; default: the run's sample.upsampler_start)."),
@@ -185,6 +209,18 @@ def sampling_options(func):
     for option in reversed(options):
         func = option(func)
     return func
+
+
+def sample_settings(base, kwargs: dict, **more):
+    """The run's sample section ``base`` with ``--set sample.*`` applied, then the recipe and the explicit
+    sampling options (they win); a bad value is a ConfigError naming the key."""
+    import attrs
+
+    from piti_core.config import SampleConfig, _build_section
+
+    overrides = dict(kwargs.get("sample_overrides") or ())
+    section = _build_section(SampleConfig, base, overrides, "sample") if overrides else base
+    return attrs.evolve(section, **sample_changes(kwargs, **more))
 
 
 def sample_changes(kwargs: dict, **more) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from piti_cli.options import device_option
+from piti_cli.options import device_option, seed_option
 
 
 def common_train_options(func):
@@ -30,8 +30,12 @@ def common_train_options(func):
                   help="Estimate each stage's peak memory, compare it with the device's and suggest batch / "
                        "accumulation / checkpointing flags that fit; trains nothing, writes nothing.")
     @click.option("--json", "as_json", is_flag=True, help="With --dry-run: print the estimate as JSON on stdout.")
+    @seed_option(help="Training seed: the same as --set train.seed=N, recorded in the run's config.json "
+                      "(default: train.seed, 0).")
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, seed=None, **kwargs):
+        if seed is not None:  # after the --set items, so --seed wins over --set train.seed
+            kwargs["overrides"] = (*kwargs.get("overrides", ()), f"train.seed={seed}")
         return func(*args, **kwargs)
 
     return wrapper
@@ -169,7 +173,8 @@ def resumed_config(config, opts: dict, task=None):
 
     saved = _saved_config(Path(opts["out"]))
     params = click.get_current_context().params
-    given = bool(params.get("preset") or params.get("config_files") or params.get("overrides"))
+    given = bool(params.get("preset") or params.get("config_files") or params.get("overrides")
+                 or params.get("seed") is not None)
     base = config if given else saved
     # what --data/--skip-bad/--dtype set is the saved value unless the flag is given again
     base = attrs.evolve(base, data=attrs.evolve(base.data, root=saved.data.root, skip_bad=saved.data.skip_bad),

@@ -18,6 +18,7 @@ import torch
 
 from piti_core.errors import CheckpointError, DataError
 from piti_core.host_memory import keep_freed_memory
+from piti_core.sampling import steps_run
 from piti_core.tasks import DEFAULT_INPUT_SUFFIXES
 
 IMAGE_SUFFIXES = DEFAULT_INPUT_SUFFIXES  # what a task that names no suffixes of its own reads
@@ -129,6 +130,18 @@ def installed_run_task(host, run_dir, meta: dict):
                           f"that task's plugin (installed tasks: {valid})")
 
 
+def unused_folder(path: str | Path) -> Path:
+    """``path`` when nothing is there, else the first of ``path-2``, ``path-3``, ... that does not exist
+    (a default output folder that never mixes with an earlier one)."""
+    path = Path(path)
+    n = 1
+    candidate = path
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.name}-{n}")
+    return candidate
+
+
 def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, settings, *, device: str = "cpu",
                  dtype: str = "fp32", overwrite: bool = False, compile: bool = False,
                  callback: Callable[[dict], None] | None = None) -> dict[str, Any]:
@@ -159,7 +172,7 @@ def sample_files(run_dir: str | Path, inputs: list[Path], out_dir: str | Path, s
                                compute=compute, callback=callback)
         record = {"format": SAMPLE_FORMAT, "run": str(Path(run_dir)), "task": task.name, "models": names,
                   "settings": {**attrs.asdict(settings), "device": str(device), "dtype": dtype, "compile": compile},
-                  "outputs": written, "files": sorted(p.name for p in folder.stage.iterdir()) + [SETTINGS_JSON]}
+                  "steps_run": steps_run(cfg, upsampler="upsampler" in names), "outputs": written, "files": sorted(p.name for p in folder.stage.iterdir()) + [SETTINGS_JSON]}
         atomic_write_text(folder.stage / SETTINGS_JSON, json.dumps(record, indent=2) + "\n")
     return {"out": str(out_dir), "grid": str(out_dir / "grid.png"), "outputs": written}
 

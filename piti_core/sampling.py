@@ -94,6 +94,19 @@ def sample_upsampler(model, low_res: torch.Tensor, cond: torch.Tensor, cfg, *, s
     return fn(model_fn, x, schedule, generator=generator, callback=callback)
 
 
+def steps_run(cfg, *, upsampler: bool = True) -> dict[str, int]:
+    """How many model steps each stage takes with ``cfg.sample``: the base's respacing, and the
+    upsampler's respacing less its steps above ``upsampler_start``·T (``"12"`` from 0.4·T runs 5)."""
+    s = cfg.sample
+    counts = {"base": len(build_schedule(cfg.diffusion.schedule, cfg.diffusion.steps, s.steps).timestep_map)}
+    if upsampler:
+        schedule = build_schedule(cfg.diffusion.upsampler_schedule, cfg.diffusion.steps, s.upsampler_steps)
+        if s.upsampler_start < 1.0:
+            schedule = truncate_schedule(schedule, cfg.diffusion.upsampler_schedule, s.upsampler_start)
+        counts["upsampler"] = len(schedule.timestep_map)
+    return counts
+
+
 def truncate_schedule(schedule, name: str, start: float):
     """``schedule`` without its steps above ``start``·T (the first step kept is the largest below it)."""
     from piti_core.diffusion.respace import respace

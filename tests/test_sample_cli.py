@@ -1,6 +1,7 @@
 """`piti sample` on a small random run: files, settings, refusals, bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,6 +43,7 @@ def test_sample_writes_images_grid_and_settings(run_dir, sketches, tmp_path):
     assert img.size == (64, 64) and Image.open(out / "s0_base.png").size == (32, 32)
     settings = json.loads((out / "settings.json").read_text())
     assert settings["settings"]["seed"] == 3 and settings["settings"]["steps"] == "4"
+    assert settings["steps_run"] == {"base": 4, "upsampler": 1}  # "3" is 0, 500, 999: only 0 lies below 0.4·T
     assert settings["task"] == "sketch" and settings["models"] == ["base", "upsampler"]
     first = np.asarray(Image.open(out / "s1.png"))
     res = _sample(run_dir, sketches, tmp_path / "again", "--seed", "3")
@@ -200,3 +202,28 @@ def test_inputs_whose_outputs_would_share_a_name_get_distinct_stems(run_dir, tmp
     outputs = json.loads(res.stdout)["outputs"]
     files = [o[k] for o in outputs for k in ("image", "base", "condition")]
     assert len(set(files)) == 9 and len(list(out.iterdir())) == 11  # 9 images, grid.png, settings.json
+
+
+def _sample_default_out(run_dir, source, *extra):
+    return CliRunner().invoke(cli, ["sample", "--run", str(run_dir), "--input", str(source), "--steps", "2",
+                                    "--upsampler-steps", "2", *extra])
+
+
+def test_set_sample_keys_change_this_call_and_flags_win(run_dir, sketches, tmp_path):
+    res = _sample(run_dir, sketches, tmp_path / "a", "--set", "sample.steps=3", "--set", "sample.guidance_scale=2.5")
+    assert res.exit_code == 0, res.output
+    settings = json.loads((tmp_path / "a" / "settings.json").read_text())["settings"]
+    assert settings["steps"] == "4" and settings["guidance_scale"] == 2.5  # --steps 4 (given by _sample) wins
+    res = CliRunner().invoke(cli, ["sample", "--run", str(run_dir), "--input", str(sketches), "--out",
+                                   str(tmp_path / "b"), "--upsampler-steps", "2", "--set", "sample.steps=3"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "b" / "settings.json").read_text())["settings"]["steps"] == "3"
+
+
+def test_default_out_never_collides(run_dir, sketches):
+    first = _sample_default_out(run_dir, sketches)
+    second = _sample_default_out(run_dir, sketches)
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    folders = [Path(r.stdout.strip()).parent for r in (first, second)]
+    assert folders[0] != folders[1] and all((f / "settings.json").is_file() for f in folders)
+    assert all(str(f) in r.stderr for f, r in zip(folders, (first, second)))  # each says where it wrote

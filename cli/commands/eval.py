@@ -7,7 +7,7 @@ import json
 
 import click
 
-from piti_cli.options import device_option, sample_changes, sampling_options, seed_option
+from piti_cli.options import device_option, sample_settings, sampling_options, seed_option
 
 
 @click.command("eval")
@@ -19,7 +19,7 @@ from piti_cli.options import device_option, sample_changes, sampling_options, se
 @click.option("--n", "n", type=click.IntRange(min=1), default=None,
               help="Evaluate the first N validation images (default: all of them).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Output folder (default RUN/eval/val-n<N>-<sampler><steps>-seed<S>).")
+              help="Output folder (default RUN/eval/val-n<N>-<sampler><steps>-seed<S>, with -2, -3, ... when it exists).")
 @click.option("--overwrite", is_flag=True,
               help="Write into a non-empty output folder, replacing the files an earlier `piti eval` wrote there "
                    "(listed in its metrics.json); other files are never replaced.")
@@ -52,11 +52,11 @@ def command(run_dir, data_root, n, out, overwrite, batch_size, seed, device, dty
     """
     from pathlib import Path
 
-    import attrs
     import torch
 
     from piti_cli.ui import err_console, warn
     from piti_core.eval.evaluate import run_task_name, earlier_eval_outputs, evaluate, select_metrics, write_results
+    from piti_core.generate import unused_folder
     from piti_core.io import OutputFolder
     from piti_core.runs import load_run_config
 
@@ -65,10 +65,10 @@ def command(run_dir, data_root, n, out, overwrite, batch_size, seed, device, dty
     if n is not None and n < 2 and not no_fid and any("features" in m.needs for m in chosen):
         raise click.BadParameter(f"FID/KID need at least 2 images, --n {n} gives {n}; pass --n 2 or more "
                                  "(or --no-fid for the alignment metrics alone)", param_hint="'--n'")
-    settings = attrs.evolve(cfg.sample, **sample_changes(sampling, seed=seed, batch_size=batch_size))
+    settings = sample_settings(cfg.sample, sampling, seed=seed, batch_size=batch_size)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out_dir = Path(out) if out else Path(run_dir) / "eval" / (
-        f"val-n{n or 'all'}-{settings.sampler}{settings.steps}-seed{settings.seed}")
+    out_dir = Path(out) if out else unused_folder(Path(run_dir) / "eval" / (
+        f"val-n{n or 'all'}-{settings.sampler}{settings.steps}-seed{settings.seed}"))
     folder = OutputFolder(out_dir, owned=earlier_eval_outputs(out_dir), overwrite=overwrite, command="piti eval")
     folder.claim(["metrics.json", "report.html"])
     folder.claim_folder("samples")  # the sample names come with the data set: check the whole folder now

@@ -6,14 +6,14 @@ import json
 
 import click
 
-from piti_cli.options import device_option, sample_changes, sampling_options, seed_option
+from piti_cli.options import device_option, sample_settings, sampling_options, seed_option
 
 
 @click.command("sample")
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
               help="Run directory from `piti train` or `piti convert`.")
 @click.option("--input", "source", required=True, type=click.Path(), help="A condition file or a folder of them.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default RUN/samples-out).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default: a new one, RUN/samples-out, RUN/samples-out-2, ...; printed).")
 @click.option("--overwrite", is_flag=True,
               help="Write into a non-empty output folder, replacing the files an earlier `piti sample` wrote there "
                    "(listed in its settings.json); other files are never replaced.")
@@ -31,18 +31,17 @@ def command(run_dir, source, out, overwrite, seed, batch_size, device, dtype, us
     a grid and settings.json (the exact settings, to make the same images again)."""
     from pathlib import Path
 
-    import attrs
     import torch
 
     from piti_cli.ui import err_console
-    from piti_core.generate import list_inputs, run_task, sample_files
+    from piti_core.generate import list_inputs, run_task, sample_files, unused_folder
     from piti_core.runs import load_run_config
 
     cfg = load_run_config(run_dir)
     inputs = list_inputs(source, run_task(run_dir), cfg)  # a folder: the files the run's task reads
-    settings = attrs.evolve(cfg.sample, **sample_changes(sampling, seed=seed, batch_size=batch_size))
+    settings = sample_settings(cfg.sample, sampling, seed=seed, batch_size=batch_size)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    out_dir = Path(out) if out else Path(run_dir) / "samples-out"
+    out_dir = Path(out) if out else unused_folder(Path(run_dir) / "samples-out")
     with _Progress(err_console) as progress:
         result = sample_files(run_dir, inputs, out_dir, settings, device=device, dtype=dtype, overwrite=overwrite,
                               compile=use_compile, callback=progress)

@@ -32,6 +32,7 @@ import torch
 from piti_core.data.dataset import require_paired_dataset
 from piti_core.errors import CheckpointError, PitiError, PluginError, UsageError
 from piti_core.metrics import EvalContext, FeatureSet, MetricBatch, MetricSkipped, MetricValue
+from piti_core.sampling import steps_run
 
 EVAL_FORMAT = "piti-eval/1"
 KID_SUBSET = 1000  # torch-fidelity / clean-fid default, lowered to n for small evaluations
@@ -156,6 +157,7 @@ def evaluate(run_dir, settings, *, data_root: str | None = None, n: int | None =
                  "toy_world": toy, "resolution": resolution, "resize": cfg.data.resize},
         "settings": {**attrs.asdict(settings), "device": str(dev), "dtype": str(compute).replace("torch.", ""),
                      "compile": compile},
+        "steps_run": steps_run(cfg, upsampler="upsampler" in names),
         "metrics": {k: _finite(v) for k, v in values.items()},
         "metric_info": info,
         "metric_plugins": [m.name for m in chosen],

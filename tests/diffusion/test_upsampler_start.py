@@ -65,3 +65,14 @@ def test_default_start_is_the_measured_one(preset):
     schedule = build_schedule("linear", 1000, s.upsampler_steps)
     assert len(truncate_schedule(schedule, "linear", s.upsampler_start).timestep_map) == 5
     assert resolve_config(preset, [], ["sample.upsampler_start=1"]).sample.upsampler_start == 1.0
+
+
+def test_steps_run_counts_the_steps_each_stage_takes():
+    from piti_core.sampling import steps_run
+
+    cfg = resolve_config("tiny")  # "6" for the base; "12" from 0.4·T runs the 5 of its steps below 0.4·T
+    assert steps_run(cfg) == {"base": 6, "upsampler": 5}
+    official = resolve_config("tiny", [], ["sample.steps=250", "sample.upsampler_steps=fast27",
+                                           "sample.upsampler_start=1"])
+    assert steps_run(official) == {"base": 250, "upsampler": 27}
+    assert steps_run(resolve_config("tiny", [], ["sample.steps=ddim25"]), upsampler=False) == {"base": 25}

@@ -205,3 +205,22 @@ def test_non_finite_samples_fail_and_write_nothing(run_dir, tmp_path, monkeypatc
     res = _eval(run_dir, out, "--n", "2", "--no-fid")
     assert res.exit_code == 1 and "non-finite" in res.output and str(run_dir) in res.output
     assert not out.exists()
+
+
+def test_set_sample_keys_are_recorded_and_flags_win(run_dir, tmp_path):
+    out = tmp_path / "out"
+    res = _eval(run_dir, out, "--n", "2", "--no-fid", "--set", "sample.steps=5", "--set", "sample.guidance_scale=2")
+    assert res.exit_code == 0, res.output
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert settings["steps"] == "3" and settings["guidance_scale"] == 2.0  # --steps 3 (given by _eval) wins
+
+
+def test_default_out_gets_a_suffix_when_it_exists(run_dir):
+    args = ["eval", "--run", str(run_dir), "--n", "2", "--no-fid", "--steps", "2", "--upsampler-steps", "2",
+            "--seed", "11"]
+    first, second = (CliRunner().invoke(cli, args) for _ in range(2))
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    folders = [line.rsplit(" in ", 1)[1].strip() for r in (first, second) for line in r.stderr.splitlines()
+               if line.startswith("metrics.json")]
+    assert len(folders) == 2 and folders[0] != folders[1]
+    assert all(os.path.isfile(os.path.join(f, "metrics.json")) for f in folders)

@@ -1,5 +1,7 @@
 """``piti train --resume`` continues with the run's config.json, and refuses options that change it."""
 
+import json
+
 from click.testing import CliRunner
 
 from piti_cli.main import cli
@@ -51,3 +53,24 @@ def test_without_resume_the_options_are_used(tmp_path, monkeypatch):
     res = CliRunner().invoke(cli, ["train", "--task", "sketch", "--out", str(run), "--set", "train.lr=3e-4"])
     assert res.exit_code == 0, res.output
     assert seen[-1].train.lr == 3e-4
+
+
+def test_seed_sets_train_seed(tmp_path, monkeypatch):
+    import piti_cli.commands.pretrain as pretrain_cmd
+    import piti_cli.commands.train as train_cmd
+
+    seen = []
+    monkeypatch.setattr(train_cmd, "run_training", lambda config, **kw: seen.append(config))
+    monkeypatch.setattr(pretrain_cmd, "run_training", lambda config, **kw: seen.append(config))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", "--task", "sketch", "--out", str(tmp_path / "a"), "--seed", "7"])
+    assert res.exit_code == 0, res.output
+    assert seen[-1].train.seed == 7
+    res = runner.invoke(cli, ["pretrain", "--out", str(tmp_path / "b"), "--seed", "9"])
+    assert res.exit_code == 0, res.output
+    assert seen[-1].train.seed == 9
+    printed = runner.invoke(cli, ["train", "--task", "sketch", "--seed", "5", "--print-config"])
+    assert printed.exit_code == 0 and json.loads(printed.stdout)["train"]["seed"] == 5
+    run = _run_with_config(tmp_path)  # saved with train.seed = 0
+    changed = runner.invoke(cli, ["train", "--task", "sketch", "--resume", "--out", str(run), "--seed", "3"])
+    assert changed.exit_code == 2 and "train.seed" in changed.output
