@@ -179,7 +179,7 @@ def sampling_options(func):
         click.option("--set", "sample_overrides", multiple=True, metavar="sample.KEY=VALUE",
                      callback=_sample_overrides,
                      help="Change one value of the run's sample section for this call, e.g. --set sample.steps=10 "
-                          "(repeatable); the options below win over it."),
+                          "(repeatable); --steps, --seed and the other explicit options win over it."),
         recipe_option("Sampling recipe: official (DDPM 250 + fast27 from pure noise) or fast (piti's few-step "
                       "defaults); sets the samplers, steps and upsampler start, which the options below "
                       "override (default: the run's sample section)."),
